@@ -1,0 +1,1193 @@
+"""aiModels.json: the model of one entry, loading the file, and every check on it.
+
+The same file feeds go-livepeer (core/ai.go ``AIModelConfig``), so its fields are accepted
+unchanged and typed the way Go's ``json.Unmarshal`` reads them: anything byoc-orch accepts,
+go-livepeer accepts too. byoc-orch's own fields are ones go-livepeer ignores. Loading never
+stops at the first mistake: every problem is reported with the entry index (as ``jq '.[N]'``
+counts), its model_id, the field and the fix, because an operator fixing a file one error per
+restart is the failure this module exists to prevent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import partial
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, NamedTuple, Self
+from urllib.parse import SplitResult, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from byoc_orch.image_ref import ImageRef, ImageRefError, parse_image_ref
+
+__all__ = [
+    "DEFAULT_CONTAINER_PORT",
+    "GO_LIVEPEER_FIELDS",
+    "GpuRequest",
+    "ModelEntry",
+    "ModelsFile",
+    "ModelsFileError",
+    "Problem",
+    "UnreadableModelsFileError",
+    "load_models",
+    "parse_models",
+    "worker_id",
+]
+
+DEFAULT_CONTAINER_PORT = 8000
+GO_LIVEPEER_FIELDS = frozenset(
+    {
+        "pipeline",
+        "model_id",
+        "url",
+        "token",
+        "warm",
+        "capacity",
+        "optimization_flags",
+        "gateway",
+        "price_per_unit",
+        "pixels_per_unit",
+        "currency",
+    }
+)
+# Fields that only mean something when byoc-orch runs the container itself.
+CONTAINER_ONLY_FIELDS = frozenset(
+    {
+        "optimization_flags",
+        "container_port",
+        "gpus",
+        "env",
+        "command",
+        "volumes",
+        "shm_size",
+        "pull",
+        "allow_host_access",
+        "privileged",
+        "network_mode",
+        "pid_mode",
+    }
+)
+ENV_SET_BY_BYOC_ORCH = ("PIPELINE", "MODEL_ID")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+_EXTERNAL_LOOPBACK_HOSTS = LOOPBACK_HOSTS | {"::1"}
+_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s?([kmgtp])?i?b?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_NO_PORTS: Mapping[int, str] = MappingProxyType({})
+_GPUS_FIX = 'use "all", a count such as 2, a list of device indexes or UUIDs such as [0], or "none"'
+_HOST_ACCESS_FIX = (
+    'set "allow_host_access": true on this entry if you trust the image with the host, or remove it'
+)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong (or suspicious) in aiModels.json, addressed the way an operator looks."""
+
+    entry_index: int | None
+    model_id: str | None
+    field: str | None
+    message: str
+    fix: str
+    source: str | None = None
+
+    def __str__(self) -> str:
+        if self.entry_index is None:
+            head = self.source or "aiModels.json"
+        elif self.model_id:
+            head = f"entry {self.entry_index} ({self.model_id})"
+        else:
+            head = f"entry {self.entry_index}"
+        text = ": ".join(part for part in (head, self.field, self.message) if part)
+        return f"{text} — {self.fix}" if self.fix else text
+
+
+class ModelsFileError(ValueError):
+    """aiModels.json cannot be used; ``problems`` lists every reason, ``warnings`` the rest."""
+
+    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None) -> None:
+        self.problems = problems
+        self.warnings = warnings or []
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+class UnreadableModelsFileError(ModelsFileError):
+    """The file could not be read at all (missing, a directory, no permission)."""
+
+
+class _Issue(NamedTuple):
+    """A problem inside one entry, before the entry's index and model_id are attached."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    fix: str
+
+
+def _invalid(message: str, fix: str) -> PydanticCustomError:
+    """A validation error that carries its fix, so the loader can report both."""
+    return PydanticCustomError("byoc_orch", "{message}", {"message": message, "fix": fix})
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _json_type(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case dict():
+            return "object"
+    return type(value).__name__
+
+
+def _describe(value: object) -> str:
+    """A value as the operator wrote it, short enough for one line."""
+    kind = _json_type(value)
+    if isinstance(value, dict | list):
+        return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    text = json.dumps(value)
+    if len(text) > 40:
+        text = text[:37] + "…"
+    return f"{kind} {text}" if value is not None else "null"
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise _invalid("must not be empty", "give it a value")
+    return value
+
+
+def _rational(value: object) -> Fraction:
+    """Read a number the way go-livepeer's JSONRat does: a bare JSON number, never a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(
+            f"expected a JSON number, got {_describe(value)}",
+            "write a bare number such as 0.5 or 1200; go-livepeer's JSONRat refuses quoted "
+            "values, so it would reject the whole file",
+        )
+    return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
+
+
+def _non_negative(value: Fraction) -> Fraction:
+    if value < 0:
+        raise _invalid(f"must not be negative, got {value}", "use 0 or a positive price")
+    return value
+
+
+def _positive_integer(value: Fraction) -> Fraction:
+    if value.denominator != 1 or value <= 0:
+        raise _invalid(
+            f"must be a positive whole number, got {float(value):g}",
+            "use a positive integer such as 1; go-livepeer refuses anything else",
+        )
+    return value
+
+
+def _rational_to_json(value: Fraction) -> int | float:
+    return value.numerator if value.denominator == 1 else float(value)
+
+
+_Rational = Annotated[
+    Fraction,
+    BeforeValidator(_rational),
+    PlainSerializer(_rational_to_json),
+]
+Price = Annotated[
+    _Rational, AfterValidator(_non_negative), WithJsonSchema({"type": "number", "minimum": 0})
+]
+PixelsPerUnit = Annotated[
+    _Rational,
+    AfterValidator(_positive_integer),
+    WithJsonSchema({"type": "integer", "minimum": 1}),
+]
+
+
+def _flag_value(value: object) -> object:
+    """go-livepeer's EnvValue takes a string or a boolean; a number makes it reject the file."""
+    if isinstance(value, str | bool):
+        return value
+    hint = f"quote it: {json.dumps(json.dumps(value))}" if isinstance(value, int | float) else ""
+    raise _invalid(
+        f"expected a string or true/false, got {_describe(value)}",
+        f"{hint or 'use a string or true/false'} (go-livepeer reads flags only as strings "
+        "or booleans)",
+    )
+
+
+FlagValue = Annotated[str | bool, BeforeValidator(_flag_value)]
+
+
+def _env_names(mapping: dict[str, Any]) -> dict[str, Any]:
+    bad = [json.dumps(name) for name in mapping if not _ENV_NAME.fullmatch(name)]
+    if bad:
+        raise _invalid(
+            f"not valid environment variable names: {', '.join(bad)}",
+            "use letters, digits and '_', not starting with a digit (e.g. MY_FLAG)",
+        )
+    return mapping
+
+
+def _check_url(value: str) -> str:
+    fix = 'write a full address such as "http://127.0.0.1:8001"'
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise _invalid(f"{json.dumps(value)} is not a valid URL ({exc})", fix) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid(f"{json.dumps(value)} is not an http:// or https:// URL with a host", fix)
+    if port == 0:
+        raise _invalid(f"{json.dumps(value)} has port 0", "use a port between 1 and 65535")
+    return value
+
+
+def _check_image(value: str) -> str:
+    try:
+        parse_image_ref(value)
+    except ImageRefError as exc:
+        raise _invalid(
+            f"invalid image reference: {exc}",
+            'write it as docker pull takes it, e.g. "livepeer/comfystream:latest"',
+        ) from None
+    return value
+
+
+def _check_gpus(value: object) -> object:
+    """One clear error for every wrong shape, instead of one per member of the union."""
+    if value in ("all", "none"):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 1:
+            return value
+        fix = 'use "none" for no GPUs' if value == 0 else _GPUS_FIX
+        raise _invalid(f"a GPU count must be at least 1, got {value}", fix)
+    if isinstance(value, list):
+        return _check_gpu_list(value)
+    fix = _GPUS_FIX
+    if isinstance(value, str) and re.fullmatch(r"\d+(\s*,\s*\d+)+", value):
+        devices = ", ".join(part.strip() for part in value.split(","))
+        fix = f"write the devices as a JSON list: [{devices}]"
+    elif isinstance(value, str) and value.isdigit():
+        fix = f"write the count without quotes: {value}, or the device as a list: [{value}]"
+    raise _invalid(f"unknown gpus value {_describe(value)}", fix)
+
+
+def _check_gpu_list(devices: list[object]) -> list[object]:
+    if not devices:
+        raise _invalid("the device list is empty", 'use "none" for no GPUs, or list devices')
+    for device in devices:
+        is_index = isinstance(device, int) and not isinstance(device, bool) and device >= 0
+        is_uuid = isinstance(device, str) and bool(device) and not re.search(r"[\s,]", device)
+        if not (is_index or is_uuid):
+            raise _invalid(
+                f"{_describe(device)} is not a device index (0, 1, …) or a GPU UUID",
+                'list device indexes or UUIDs, e.g. [0, 1] or ["GPU-6f2…"]',
+            )
+    repeated = [str(d) for d, n in Counter(str(d) for d in devices).items() if n > 1]
+    if repeated:
+        raise _invalid(f"device {repeated[0]} is listed twice", "list each device once")
+    return devices
+
+
+GpuSpec = Annotated[
+    Literal["all", "none"]
+    | Annotated[int, Field(ge=1)]
+    | Annotated[list[Annotated[int, Field(ge=0)] | str], Field(min_length=1)],
+    BeforeValidator(_check_gpus),
+]
+
+
+def _check_volume(value: str) -> str:
+    fix = 'write "/host/path:/container/path", optionally ending in ":ro" or ":rw"'
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise _invalid(f"{json.dumps(value)} is not host_path:container_path[:ro|:rw]", fix)
+    host, target = parts[0], parts[1]
+    if not host.startswith("/"):
+        raise _invalid(
+            f"host path {json.dumps(host)} is not absolute (named volumes are not supported)", fix
+        )
+    if not target.startswith("/"):
+        raise _invalid(f"container path {json.dumps(target)} is not absolute", fix)
+    return value
+
+
+Volume = Annotated[
+    str,
+    AfterValidator(_check_volume),
+    WithJsonSchema({"type": "string", "pattern": r"^/[^:]*:/[^:]*(:(ro|rw))?$"}),
+]
+
+
+def _parse_size(value: object) -> object:
+    """Accept Docker's size strings ("2g", "512m") as well as a byte count."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        raise _invalid(
+            f"{json.dumps(value)} is not a size",
+            'use a byte count or a number with a unit, e.g. "512m" or "2g"',
+        )
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+ShmSize = Annotated[
+    int,
+    BeforeValidator(_parse_size),
+    Field(ge=1),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1},
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s?[kKmMgGtTpP]?[iI]?[bB]?$"},
+            ]
+        }
+    ),
+]
+
+
+def _check_health_path(value: str) -> str:
+    if not value.startswith("/") or any(ch.isspace() for ch in value):
+        raise _invalid(f"{json.dumps(value)} must be a path starting with '/'", 'e.g. "/health"')
+    return value
+
+
+NonEmptyStr = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+EnvMap = Annotated[dict[str, str], AfterValidator(_env_names)]
+FlagMap = Annotated[dict[str, FlagValue], AfterValidator(_env_names)]
+
+
+# --------------------------------------------------------------------------- the entry
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRequest:
+    """What to ask Docker for: ``count`` (-1 = all) or specific ``device_ids``."""
+
+    count: int | None
+    device_ids: tuple[str, ...] = ()
+
+
+def worker_id(pipeline: str, model_id: str) -> str:
+    """A stable, URL-safe id that is also a valid Docker container-name fragment.
+
+    The readable slug can collide ("a/b" and "a-b"), so a hash of the exact pair follows it.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{pipeline}-{model_id}".lower()).strip("-")
+    slug = slug[:40].rstrip("-")
+    digest = hashlib.sha256(f"{pipeline}/{model_id}".encode()).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else digest
+
+
+class ModelEntry(BaseModel):
+    """One aiModels.json entry. Only valid entries can be constructed."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
+        title="aiModels.json entry",
+    )
+
+    pipeline: NonEmptyStr = Field(
+        description="go-livepeer: pipeline name, e.g. live-video-to-video. Passed to the "
+        "container as PIPELINE.",
+    )
+    model_id: NonEmptyStr = Field(
+        description="go-livepeer: model name. pipeline/model_id is the advertised capability "
+        "and must be unique in the file. Passed to the container as MODEL_ID.",
+    )
+    url: Annotated[str, AfterValidator(_check_url)] | None = Field(
+        default=None,
+        description="go-livepeer: the worker's address. With container, it must be "
+        "http://127.0.0.1:PORT (or localhost): PORT is the host port the container port is "
+        "published on, on 127.0.0.1 only. Without container, byoc-orch only health-polls, "
+        "advertises and proxies this address (an external worker).",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="go-livepeer: secret sent to the worker as 'Authorization: Bearer'. "
+        "Never logged or shown.",
+    )
+    warm: bool = Field(
+        default=False,
+        description="go-livepeer: true = start it with the daemon and keep it running; false = "
+        "known but not started or advertised (cold).",
+    )
+    capacity: int = Field(
+        default=1,
+        ge=1,
+        description="go-livepeer: concurrent sessions this worker takes.",
+    )
+    optimization_flags: FlagMap = Field(
+        default_factory=dict,
+        description="go-livepeer: flags given to the container as environment variables "
+        "(values are strings or booleans; booleans become 'true'/'false').",
+    )
+    gateway: str | None = Field(
+        default=None,
+        description="go-livepeer: gateway address the price applies to ('default' if unset).",
+    )
+    price_per_unit: Price | None = Field(
+        default=None,
+        description="go-livepeer: price per pixels_per_unit pixels, a bare JSON number "
+        "(quoted values are refused by go-livepeer).",
+    )
+    pixels_per_unit: PixelsPerUnit | None = Field(
+        default=None,
+        description="go-livepeer: pixels per price unit, a positive integer.",
+    )
+    currency: str | None = Field(
+        default=None,
+        description="go-livepeer: currency of price_per_unit, e.g. USD (default: wei).",
+    )
+    container: Annotated[str, AfterValidator(_check_image)] | None = Field(
+        default=None,
+        description="Image byoc-orch pulls and runs for this entry (docker pull syntax, "
+        "e.g. livepeer/comfystream:latest). Without it the entry is external.",
+    )
+    container_port: int = Field(
+        default=DEFAULT_CONTAINER_PORT,
+        ge=1,
+        le=65535,
+        description="Port the worker listens on inside the container.",
+    )
+    gpus: GpuSpec = Field(
+        default="all",
+        description='GPUs given to the container: "all", a count, a list of device indexes '
+        'or UUIDs, or "none".',
+    )
+    env: EnvMap = Field(
+        default_factory=dict,
+        description="Extra environment variables for the container (string values). Cannot "
+        "override PIPELINE, MODEL_ID or an optimization_flags key.",
+    )
+    command: Annotated[list[str], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Replaces the image's CMD. Omit to keep the image's own.",
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        description="Bind mounts, 'host_path:container_path[:ro|:rw]', both absolute. "
+        "Mounting the Docker socket needs allow_host_access.",
+    )
+    shm_size: ShmSize | None = Field(
+        default=None,
+        description="Size of /dev/shm: bytes, or a string such as '2g' or '512m' "
+        "(default: Docker's 64m).",
+    )
+    pull: Literal["missing", "always", "never"] = Field(
+        default="missing",
+        description="When to pull the image: only if missing locally, on every start, or never.",
+    )
+    health_path: Annotated[str, AfterValidator(_check_health_path)] = Field(
+        default="/health",
+        description='Path polled for {"status": ...}; warm when it says ok/OK/IDLE.',
+    )
+    stream_prefix: Literal["auto", "", "/api"] = Field(
+        default="auto",
+        description="Where the worker serves its stream routes: '' (/stream/start, pytrickle "
+        ">= 0.1.5), '/api' (/api/stream/start, older workers), or 'auto' to detect it.",
+    )
+    startup_timeout: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="Seconds the worker may take to become healthy before the start counts "
+        "as failed (default: the daemon's setting).",
+    )
+    allow_host_access: bool = Field(
+        default=False,
+        description="Must be true for privileged, network_mode host, pid_mode host or a "
+        "Docker socket mount: each gives the container control of the host.",
+    )
+    privileged: bool = Field(
+        default=False, description="Run the container privileged (needs allow_host_access)."
+    )
+    network_mode: Literal["bridge", "host"] = Field(
+        default="bridge",
+        description="'host' shares the host's network (needs allow_host_access); the "
+        "container_port must then equal the url's port.",
+    )
+    pid_mode: Literal["", "host"] = Field(
+        default="", description="'host' shares the host's PID namespace (needs allow_host_access)."
+    )
+
+    @model_validator(mode="after")
+    def _entry_rules(self) -> Self:
+        issues = _entry_issues(self)
+        if issues:
+            summary = "; ".join(f"{_render_loc(i.loc)}: {i.message}" for i in issues)
+            raise PydanticCustomError(
+                "entry_rules", "{summary}", {"summary": summary, "issues": tuple(issues)}
+            )
+        return self
+
+    @property
+    def managed(self) -> bool:
+        """byoc-orch runs this one's container (otherwise it only reaches ``url``)."""
+        return self.container is not None
+
+    @property
+    def image(self) -> ImageRef | None:
+        return parse_image_ref(self.container) if self.container is not None else None
+
+    @property
+    def host_port(self) -> int | None:
+        """The port of ``url`` (the scheme's default when it names none)."""
+        return _url_port(urlsplit(self.url)) if self.url is not None else None
+
+    @property
+    def worker_id(self) -> str:
+        return worker_id(self.pipeline, self.model_id)
+
+    @property
+    def capability(self) -> str:
+        return f"{self.pipeline}/{self.model_id}"
+
+    def gpu_request(self) -> GpuRequest | None:
+        """GPUs to request from Docker, or None for none at all."""
+        if self.gpus == "none":
+            return None
+        if self.gpus == "all":
+            return GpuRequest(count=-1)
+        if isinstance(self.gpus, int):
+            return GpuRequest(count=self.gpus)
+        return GpuRequest(count=None, device_ids=tuple(str(device) for device in self.gpus))
+
+
+def _url_port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _entry_issues(entry: ModelEntry) -> list[_Issue]:
+    """Rules that involve more than one field of an entry."""
+    issues: list[_Issue] = []
+    if entry.container is None and entry.url is None:
+        issues.append(
+            _Issue(
+                ("container",),
+                "the entry has neither container nor url, so there is nothing to run or reach",
+                'add "container" (an image) and "url": "http://127.0.0.1:<port>" for byoc-orch '
+                'to run it, or only "url" for a worker you run yourself',
+            )
+        )
+    if entry.managed:
+        issues += _managed_url_issues(entry)
+    issues += _host_access_issues(entry)
+    issues += _env_collisions(entry)
+    return issues
+
+
+def _managed_url_issues(entry: ModelEntry) -> list[_Issue]:
+    if entry.url is None:
+        return [
+            _Issue(
+                ("url",),
+                "a managed entry (one with container) needs url to choose its host port",
+                'add "url": "http://127.0.0.1:<free port>", e.g. "http://127.0.0.1:8001"',
+            )
+        ]
+    parts = urlsplit(entry.url)
+    port = parts.port
+    suggestion = f"http://127.0.0.1:{port or '<port>'}"
+    if parts.hostname not in LOOPBACK_HOSTS:
+        return [
+            _Issue(
+                ("url",),
+                f"host {parts.hostname} cannot reach a managed container: byoc-orch "
+                "publishes the container port on 127.0.0.1 only",
+                f'use "{suggestion}"; for a worker on another machine, remove "container" '
+                "and keep url (an external entry)",
+            )
+        ]
+    if parts.scheme != "http" or port is None or parts.path not in ("", "/") or parts.query:
+        return [
+            _Issue(
+                ("url",),
+                f"{json.dumps(entry.url)} must be exactly http://127.0.0.1:PORT (an explicit "
+                "port, plain http, no path): the port is where the container is published",
+                f'use "{suggestion}"',
+            )
+        ]
+    if entry.network_mode == "host" and entry.container_port != port:
+        return [
+            _Issue(
+                ("container_port",),
+                f"with network_mode host the container listens on the host directly, so "
+                f"container_port {entry.container_port} must equal the url port {port}",
+                f"set container_port to {port}, or change the url port to {entry.container_port}",
+            )
+        ]
+    return []
+
+
+def _host_access_issues(entry: ModelEntry) -> list[_Issue]:
+    if entry.allow_host_access:
+        return []
+    issues: list[_Issue] = []
+    if entry.privileged:
+        issues.append(
+            _Issue(("privileged",), "a privileged container controls the host", _HOST_ACCESS_FIX)
+        )
+    if entry.network_mode == "host":
+        issues.append(
+            _Issue(
+                ("network_mode",),
+                "network_mode host shares the host's network stack",
+                _HOST_ACCESS_FIX,
+            )
+        )
+    if entry.pid_mode == "host":
+        issues.append(
+            _Issue(("pid_mode",), "pid_mode host shares the host's processes", _HOST_ACCESS_FIX)
+        )
+    for index, volume in enumerate(entry.volumes):
+        host = volume.split(":", 1)[0]
+        if _exposes_docker_socket(host):
+            issues.append(
+                _Issue(
+                    ("volumes", index),
+                    f"{json.dumps(host)} exposes the Docker socket, which gives the container "
+                    "root on the host",
+                    _HOST_ACCESS_FIX,
+                )
+            )
+    return issues
+
+
+def _exposes_docker_socket(host_path: str) -> bool:
+    path = posixpath.normpath(host_path)
+    if path.endswith("docker.sock"):
+        return True
+    prefix = path.rstrip("/") + "/"
+    return any(socket.startswith(prefix) for socket in _DOCKER_SOCKETS)
+
+
+def _env_collisions(entry: ModelEntry) -> list[_Issue]:
+    issues: list[_Issue] = []
+    for source in ("optimization_flags", "env"):
+        names: dict[str, Any] = getattr(entry, source)
+        for name in names:
+            if name in ENV_SET_BY_BYOC_ORCH:
+                issues.append(
+                    _Issue(
+                        (source, name),
+                        f"{name} is set by byoc-orch from {name.lower()}",
+                        f"remove it; set the entry's {name.lower()} instead",
+                    )
+                )
+    for name in entry.env.keys() & entry.optimization_flags.keys():
+        issues.append(
+            _Issue(
+                ("env", name),
+                f"{name} is also set in optimization_flags; the container can get only one",
+                "keep it in one place (optimization_flags is what go-livepeer reads too)",
+            )
+        )
+    return issues
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsFile:
+    """A valid aiModels.json: its entries in file order and anything worth a warning."""
+
+    entries: list[ModelEntry]
+    warnings: list[Problem] = field(default_factory=list)
+    source: str = "aiModels.json"
+
+
+def load_models(path: Path, *, reserved_ports: Mapping[int, str] = _NO_PORTS) -> ModelsFile:
+    """Read and check aiModels.json; raise ModelsFileError listing every problem."""
+    source = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UnreadableModelsFileError(
+            [
+                Problem(
+                    None,
+                    None,
+                    None,
+                    f"cannot read the file: {reason}",
+                    "check the path and that byoc-orch's user may read it",
+                    source,
+                )
+            ]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ModelsFileError(
+            [
+                Problem(
+                    None,
+                    None,
+                    None,
+                    f"line {line}: the file is not UTF-8 text (byte {exc.start})",
+                    "save it as UTF-8",
+                    source,
+                )
+            ]
+        ) from None
+    return parse_models(text, source=source, reserved_ports=reserved_ports)
+
+
+def parse_models(
+    text: str, *, source: str, reserved_ports: Mapping[int, str] = _NO_PORTS
+) -> ModelsFile:
+    """Check aiModels.json text; raise ModelsFileError listing every problem."""
+    raw_entries = _decode(text, source)
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    valid: list[tuple[int, ModelEntry]] = []
+    for index, raw in enumerate(raw_entries):
+        entry, entry_problems, entry_warnings = _check_entry(index, raw)
+        problems += entry_problems
+        warnings += entry_warnings
+        if entry is not None:
+            valid.append((index, entry))
+    problems += _duplicate_capabilities(valid)
+    port_problems, port_warnings = _port_conflicts(valid, reserved_ports)
+    problems += port_problems
+    warnings += port_warnings
+    problems.sort(key=_problem_order)
+    warnings.sort(key=_problem_order)
+    if problems:
+        raise ModelsFileError(problems, warnings)
+    return ModelsFile(entries=[entry for _, entry in valid], warnings=warnings, source=source)
+
+
+def _problem_order(problem: Problem) -> int:
+    return -1 if problem.entry_index is None else problem.entry_index
+
+
+# --------------------------------------------------------------------------- JSON syntax
+
+
+class _JsonObject(dict[str, Any]):
+    """A JSON object that remembers keys written more than once (Go keeps the last silently)."""
+
+    repeated: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(key for key, _ in pairs)
+            obj.repeated = tuple(key for key, n in counts.items() if n > 1)
+        return obj
+
+
+class _NotJson(ValueError):
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _reject_constant(token: str) -> object:
+    raise _NotJson(token)
+
+
+def _decode(text: str, source: str) -> list[Any]:
+    at = partial(Problem, None, None, None, source=source)
+    try:
+        document = json.loads(
+            text, object_pairs_hook=_JsonObject.from_pairs, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise ModelsFileError([_syntax_problem(text, exc, source)]) from None
+    except _NotJson as exc:
+        line, column = _line_column(text, max(text.find(exc.token), 0))
+        raise ModelsFileError(
+            [
+                at(
+                    f"line {line} column {column}: {exc.token} is not valid JSON",
+                    "use a number, or a string if it is text",
+                )
+            ]
+        ) from None
+    if not isinstance(document, list):
+        fix = "write a JSON array of entries: [ {...}, {...} ]"
+        if isinstance(document, dict):
+            fix = "wrap the entry in [ ]: [ {...} ]"
+        raise ModelsFileError(
+            [
+                at(
+                    f"the top level is {_describe(document)}; aiModels.json must be an array "
+                    "of entries",
+                    fix,
+                )
+            ]
+        )
+    return document
+
+
+_SYNTAX_HINTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "Expecting property name",
+        "expected a key in double quotes",
+        'quote keys with double quotes, e.g. "model_id"; JSON has no comments or single quotes',
+    ),
+    ("Expecting ',' delimiter", "a comma is missing between two items", "add ',' here"),
+    ("Expecting ':' delimiter", "a ':' is missing after a key", 'write "key": value'),
+    (
+        "Expecting value",
+        "expected a value",
+        "check for a missing value, a comment (JSON has none) or a single-quoted string",
+    ),
+    (
+        "Extra data",
+        "there is text after the end of the top-level array",
+        "keep the whole file one JSON array; move extra entries inside its [ ]",
+    ),
+    ("Unterminated string", "a string is not closed", 'add the closing "'),
+    (
+        "Invalid control character",
+        "a raw control character (tab or newline) is inside a string",
+        "escape it as \\t or \\n",
+    ),
+    ("Invalid \\escape", "invalid backslash escape in a string", "write a backslash as \\\\"),
+)
+
+
+def _syntax_problem(text: str, exc: json.JSONDecodeError, source: str) -> Problem:
+    at = partial(Problem, None, None, None, source=source)
+    if text.startswith("\ufeff"):
+        return at(
+            "line 1 column 1: the file starts with a byte-order mark",
+            "save it as UTF-8 without BOM (go-livepeer refuses it too)",
+        )
+    if not text.strip():
+        return at("the file is empty", "write [] for no models, or an array of entries")
+    comma = _trailing_comma(text, exc.pos)
+    if comma is not None:
+        line, column = _line_column(text, comma)
+        closer = text[exc.pos]
+        return at(
+            f"line {line} column {column}: trailing comma before '{closer}'",
+            "delete this comma; JSON allows none after the last item",
+        )
+    message, fix = exc.msg, "fix the JSON syntax here"
+    for prefix, hint, hint_fix in _SYNTAX_HINTS:
+        if exc.msg.startswith(prefix):
+            message, fix = hint, hint_fix
+            break
+    return at(f"line {exc.lineno} column {exc.colno}: {message}", fix)
+
+
+def _trailing_comma(text: str, pos: int) -> int | None:
+    """Where the comma is when the parser stopped at ']' or '}' right after one."""
+    if pos >= len(text) or text[pos] not in "]}":
+        return None
+    before = text[:pos].rstrip()
+    return len(before) - 1 if before.endswith(",") else None
+
+
+def _line_column(text: str, pos: int) -> tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
+# --------------------------------------------------------------------------- one entry
+
+
+def _check_entry(index: int, raw: object) -> tuple[ModelEntry | None, list[Problem], list[Problem]]:
+    if not isinstance(raw, dict):
+        problem = Problem(
+            index,
+            None,
+            None,
+            f"expected an object, got {_describe(raw)}",
+            'each entry is an object: {"pipeline": "...", "model_id": "...", ...}',
+        )
+        return None, [problem], []
+    model_id = raw.get("model_id")
+    at = partial(
+        Problem, index, model_id if isinstance(model_id, str) and model_id.strip() else None
+    )
+    problems = [at(_render_loc(loc), *_repeated_key_text(loc)) for loc in _repeated_keys(raw)]
+    key_problems, warnings = _unknown_keys(raw, at)
+    problems += key_problems
+    entry, issues = _validate(raw)
+    problems += [at(_render_loc(issue.loc), issue.message, issue.fix) for issue in issues]
+    if entry is not None and not entry.managed:
+        warnings += [
+            at(
+                name,
+                "ignored: this entry has no container, so byoc-orch runs nothing for it",
+                'remove it, or add "container" for byoc-orch to run the worker',
+            )
+            for name in ModelEntry.model_fields
+            if name in CONTAINER_ONLY_FIELDS and name in entry.model_fields_set
+        ]
+    return entry, problems, warnings
+
+
+Loc = tuple[str | int, ...]
+
+
+def _repeated_keys(value: object, loc: Loc = ()) -> Iterator[Loc]:
+    if isinstance(value, _JsonObject):
+        for key in value.repeated:
+            yield (*loc, key)
+        for key, child in value.items():
+            yield from _repeated_keys(child, (*loc, key))
+    elif isinstance(value, list):
+        for position, child in enumerate(value):
+            yield from _repeated_keys(child, (*loc, position))
+
+
+def _repeated_key_text(loc: tuple[str | int, ...]) -> tuple[str, str]:
+    return (
+        f"key {json.dumps(loc[-1])} appears more than once; go-livepeer silently keeps the last",
+        "keep only one of them",
+    )
+
+
+def _unknown_keys(raw: dict[str, Any], at: partial[Problem]) -> tuple[list[Problem], list[Problem]]:
+    """Unknown keys only warn (go-livepeer may add fields), but case variants are errors:
+    Go matches keys ignoring case, so "Warm" would be warm to go-livepeer and nothing to us."""
+    known = list(ModelEntry.model_fields)
+    by_lower = {name.lower(): name for name in known}
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    for key in raw:
+        if key in ModelEntry.model_fields:
+            continue
+        exact = by_lower.get(key.lower())
+        if exact is not None:
+            reader = "go-livepeer reads it as" if exact in GO_LIVEPEER_FIELDS else "it looks like"
+            problems.append(
+                at(
+                    key,
+                    f"field names are case-sensitive here ({reader} {json.dumps(exact)})",
+                    f"rename it to {json.dumps(exact)}",
+                )
+            )
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        fix = f"did you mean {json.dumps(close[0])}?" if close else "remove it if it is a typo"
+        warnings.append(at(key, "unknown field, ignored", fix))
+    return problems, warnings
+
+
+def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
+    """Validate one entry, reporting field errors and cross-field rules together.
+
+    Pydantic skips the cross-field rules when a field is invalid, so the rules are run again
+    without the invalid fields (a bad image still counts as an image, so the entry stays
+    managed); their findings about those same fields are left out.
+    """
+    try:
+        return ModelEntry.model_validate(raw), []
+    except ValidationError as exc:
+        errors = exc.errors()
+    issues = [issue for error in errors for issue in _issues_from_error(error)]
+    if any(error["type"] == "entry_rules" for error in errors):
+        return None, issues
+    bad_fields = {issue.loc[0] for issue in issues if issue.loc}
+    retry = {key: value for key, value in raw.items() if key not in bad_fields}
+    retry.setdefault("pipeline", "-")
+    retry.setdefault("model_id", "-")
+    if "container" in raw and "container" in bad_fields:
+        retry["container"] = "placeholder"
+    try:
+        ModelEntry.model_validate(retry)
+    except ValidationError as exc:
+        issues += [
+            issue
+            for error in exc.errors()
+            if error["type"] == "entry_rules"
+            for issue in _issues_from_error(error)
+            if issue.loc[0] not in bad_fields
+        ]
+    return None, issues
+
+
+# --------------------------------------------------------------------------- error wording
+
+_EXPECTED = {
+    "string_type": ("a string", "string"),
+    "bool_type": ("true or false", "boolean"),
+    "int_type": ("an integer", "number"),
+    "float_type": ("a number", "number"),
+    "dict_type": ("an object", "object"),
+    "list_type": ("an array", "array"),
+}
+_MISSING_FIX = {
+    "pipeline": 'add "pipeline": "<pipeline name>", e.g. "live-video-to-video"',
+    "model_id": 'add "model_id": "<model name>"',
+}
+_SECRET_FIELDS = frozenset({"token"})
+
+
+def _issues_from_error(error: ErrorDetails) -> list[_Issue]:
+    ctx = error.get("ctx") or {}
+    if error["type"] == "entry_rules":
+        return list(ctx["issues"])
+    loc = tuple(error["loc"])
+    if "fix" in ctx:
+        return [_Issue(loc, ctx["message"], ctx["fix"])]
+    return [_Issue(loc, *_wording(error, loc))]
+
+
+def _wording(error: ErrorDetails, loc: tuple[str | int, ...]) -> tuple[str, str]:
+    kind, value = error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    name = str(loc[0]) if loc else "value"
+    got = f"got a {_json_type(value)}" if name in _SECRET_FIELDS else f"got {_describe(value)}"
+    if kind == "missing":
+        return "required but missing", _MISSING_FIX.get(name, f'add "{name}"')
+    if kind in _EXPECTED:
+        expected, json_kind = _EXPECTED[kind]
+        return f"expected {expected}, {got}", _type_fix(expected, json_kind, value, name)
+    if kind == "literal_error":
+        choices = str(ctx.get("expected", "")).replace("'", '"')
+        return f"must be {choices}, {got}", f"use {choices}"
+    bounds = {
+        "greater_than_equal": ("ge", "at least {}", "use {} or more"),
+        "greater_than": ("gt", "more than {}", "use a value above {}"),
+        "less_than_equal": ("le", "at most {}", "use {} or less"),
+    }
+    if kind in bounds:
+        key, rule, fix = bounds[kind]
+        return f"must be {rule.format(ctx[key])}, {got}", fix.format(ctx[key])
+    if kind == "string_too_short":
+        return "must not be empty", "give it a value"
+    if kind == "too_short":
+        return "must not be empty", f'give at least one item, or remove "{name}"'
+    return error["msg"], "see the aiModels.json schema in config/aimodels.schema.json"
+
+
+def _type_fix(expected: str, json_kind: str, value: object, name: str) -> str:
+    if isinstance(value, str) and name not in _SECRET_FIELDS:
+        try:
+            unquoted = json.loads(value)
+        except ValueError:
+            unquoted = None
+        if unquoted is not None and _json_type(unquoted) == json_kind:
+            return f"remove the quotes: write {value}"
+    if json_kind == "string" and isinstance(value, int | float | bool):
+        if name in _SECRET_FIELDS:
+            return "put the value in double quotes"
+        return f"put it in double quotes: {json.dumps(json.dumps(value))}"
+    return f"write {expected}"
+
+
+def _render_loc(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+# --------------------------------------------------------------------------- across entries
+
+
+def _duplicate_capabilities(valid: list[tuple[int, ModelEntry]]) -> list[Problem]:
+    first: dict[str, int] = {}
+    problems: list[Problem] = []
+    for index, entry in valid:
+        earlier = first.setdefault(entry.capability, index)
+        if earlier != index:
+            problems.append(
+                Problem(
+                    index,
+                    entry.model_id,
+                    "model_id",
+                    f"{entry.capability} is already defined by entry {earlier}; each "
+                    "pipeline+model_id may appear once",
+                    f"rename model_id in entry {earlier} or {index}, or delete one of them",
+                )
+            )
+    return problems
+
+
+def _port_conflicts(
+    valid: list[tuple[int, ModelEntry]], reserved: Mapping[int, str]
+) -> tuple[list[Problem], list[Problem]]:
+    """Host ports on loopback must be unique wherever a managed container would bind one."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    holders: dict[int, tuple[int, ModelEntry]] = {}
+    for index, entry in valid:
+        port = _loopback_port(entry)
+        if port is None:
+            continue
+        at = partial(Problem, index, entry.model_id, "url")
+        if port in reserved:
+            problems.append(
+                at(
+                    f"port {port} is taken by {reserved[port]}",
+                    "choose another port for this entry's url",
+                )
+            )
+        if port not in holders:
+            holders[port] = (index, entry)
+            continue
+        other_index, other = holders[port]
+        if entry.managed or other.managed:
+            problems.append(
+                at(
+                    f"host port {port} is also used by entry {other_index} ({other.model_id})",
+                    "give each worker its own port in url",
+                )
+            )
+        else:
+            warnings.append(
+                at(
+                    f"port {port} is also used by entry {other_index} ({other.model_id}); both "
+                    "reach the same worker",
+                    "check that one worker really serves both",
+                )
+            )
+    return problems, warnings
+
+
+def _loopback_port(entry: ModelEntry) -> int | None:
+    if entry.url is None:
+        return None
+    parts = urlsplit(entry.url)
+    if entry.managed or parts.hostname in _EXTERNAL_LOOPBACK_HOSTS:
+        return _url_port(parts)
+    return None

@@ -1,0 +1,173 @@
+"""The `byoc-orch` command: run, validate, status, version, schema.
+
+Thin on purpose: it parses flags into Settings and hands over to the module that does the work.
+Flags override BYOC_ORCH_* variables, which override the env file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from byoc_orch import __version__
+from byoc_orch.settings import Settings, SettingsError, load_settings
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_UNAVAILABLE = 2
+EXIT_NOT_IMPLEMENTED = 3
+
+
+def _settings_flags() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("settings (override BYOC_ORCH_* and the env file)")
+    group.add_argument("--env-file", type=Path, help="env file of BYOC_ORCH_* settings")
+    group.add_argument("--models", dest="models_path", type=Path, help="aiModels.json path")
+    group.add_argument("--host", help="HTTP API bind address (default 127.0.0.1)")
+    group.add_argument("--port", type=int, help="HTTP API port (default 9935)")
+    group.add_argument("--instance", help="instance id in container labels and names")
+    group.add_argument("--docker-host", help="Docker endpoint, e.g. unix:///var/run/docker.sock")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    group.add_argument("--log-format", choices=["auto", "json", "console"])
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flags = _settings_flags()
+    parser = argparse.ArgumentParser(
+        prog="byoc-orch",
+        description="Run Livepeer BYOC worker containers from aiModels.json; advertise warm ones.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[flags], help="run the daemon")
+    validate = commands.add_parser(
+        "validate", parents=[flags], help="check an aiModels.json and summarise its entries"
+    )
+    validate.add_argument("path", nargs="?", type=Path, help="file to check (default: --models)")
+    commands.add_parser(
+        "status", parents=[flags], help="show the running daemon's workers and our containers"
+    )
+    commands.add_parser("version", help="print versions")
+    commands.add_parser("schema", help="print the aiModels.json JSON Schema")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        return _version()
+    if args.command == "schema":
+        from byoc_orch.schema import aimodels_json_schema
+
+        print(json.dumps(aimodels_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
+    try:
+        settings = load_settings(args.env_file, **_overrides(args))
+    except SettingsError as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        from byoc_orch.validate_cmd import run_validate
+
+        return run_validate(args.path or settings.models_path, reserved_ports=_reserved(settings))
+    from byoc_orch.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "status":
+        return asyncio.run(_status(settings))
+    return asyncio.run(_run(settings))
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("models_path", "host", "port", "instance", "docker_host", "log_level", "log_format")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _reserved(settings: Settings) -> dict[int, str]:
+    return {settings.port: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"}
+
+
+def _version() -> int:
+    import docker
+
+    print(f"byoc-orch {__version__}")
+    print(f"python {platform.python_version()}, docker-py {docker.__version__}")
+    return EXIT_OK
+
+
+def _engine(settings: Settings) -> Any:
+    import os
+
+    from byoc_orch.engine import Engine
+
+    return Engine(
+        docker_host=settings.docker_host,
+        instance=settings.instance,
+        timeout=settings.docker_timeout,
+        docker_config=settings.docker_config,
+        pull_progress_interval=settings.pull_progress_interval,
+        environment=os.environ,
+    )
+
+
+async def _run(settings: Settings) -> int:
+    """Pre-flight only, for now: the supervising daemon is not part of this version."""
+    from byoc_orch.aimodels import ModelsFileError, load_models
+    from byoc_orch.engine import EngineError
+
+    try:
+        models = load_models(settings.models_path, reserved_ports=_reserved(settings))
+    except ModelsFileError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{settings.models_path} is invalid; nothing was started", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"byoc-orch: cannot read {settings.models_path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    engine = _engine(settings)
+    try:
+        info = await engine.connect()
+        containers = await engine.list_containers()
+    except EngineError as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        await engine.close()
+    print(
+        f"pre-flight ok: {len(models.entries)} entries in {settings.models_path}; Docker "
+        f"{info.server_version} at {settings.docker_host}; {len(containers)} container(s) of "
+        f"instance '{settings.instance}'"
+    )
+    print(
+        "byoc-orch run: supervising workers is not implemented in this version yet; "
+        "nothing was started",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_IMPLEMENTED
+
+
+async def _status(settings: Settings) -> int:
+    """This instance's containers as the engine sees them."""
+    from byoc_orch.engine import EngineError
+
+    engine = _engine(settings)
+    try:
+        containers = await engine.list_containers()
+    except EngineError as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        await engine.close()
+    print(
+        f"instance '{settings.instance}' on {settings.docker_host}: {len(containers)} container(s)"
+    )
+    for c in sorted(containers, key=lambda c: c.name):
+        port = f"127.0.0.1:{c.host_port}" if c.host_port else "-"
+        print(f"  {c.worker_id or '?':<48} {c.state:<10} {c.id[:12]}  {port:<16} {c.image}")
+    return EXIT_OK

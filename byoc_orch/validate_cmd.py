@@ -1,0 +1,86 @@
+"""``byoc-orch validate``: check aiModels.json and say what the daemon would do with it.
+
+Operators run it before a restart or reload, so it prints every problem at once and, for a
+good file, one line per entry showing how each was understood.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TextIO
+
+from byoc_orch.aimodels import (
+    ModelEntry,
+    ModelsFileError,
+    UnreadableModelsFileError,
+    load_models,
+)
+
+__all__ = ["describe_entry", "run_validate"]
+
+_NO_PORTS: Mapping[int, str] = MappingProxyType({})
+
+
+def run_validate(
+    path: Path,
+    *,
+    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Validate ``path``; return the process exit code (0 valid, 1 not)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        models = load_models(path, reserved_ports=reserved_ports)
+    except UnreadableModelsFileError as exc:
+        print(f"error: {exc.problems[0]}", file=err)
+        return 1
+    except ModelsFileError as exc:
+        for warning in exc.warnings:
+            print(f"warning: {warning}", file=err)
+        for problem in exc.problems:
+            print(f"error: {problem}", file=err)
+        count = len(exc.problems)
+        print(
+            f"{path.name} is invalid: {count} problem{'s' if count != 1 else ''}; "
+            "byoc-orch will start nothing from it",
+            file=err,
+        )
+        return 1
+    for index, entry in enumerate(models.entries):
+        print(describe_entry(index, entry), file=out)
+    for warning in models.warnings:
+        print(f"warning: {warning}", file=out)
+    print(_summary(models.entries), file=out)
+    return 0
+
+
+def describe_entry(index: int, entry: ModelEntry) -> str:
+    """One line saying how an entry was understood."""
+    temperature = "warm" if entry.warm else "cold"
+    head = f"entry {index} {entry.capability}"
+    if not entry.managed:
+        return f"{head}: external, {temperature}, url={entry.url}"
+    return (
+        f"{head}: managed, {temperature}, image={entry.image}, "
+        f"host port {entry.host_port}→{entry.container_port}, gpus={_gpus(entry)}"
+    )
+
+
+def _gpus(entry: ModelEntry) -> str:
+    if isinstance(entry.gpus, list):
+        return "[" + ",".join(str(device) for device in entry.gpus) + "]"
+    return str(entry.gpus)
+
+
+def _summary(entries: list[ModelEntry]) -> str:
+    managed = sum(entry.managed for entry in entries)
+    warm = sum(entry.warm for entry in entries)
+    noun = "entry" if len(entries) == 1 else "entries"
+    return (
+        f"{len(entries)} {noun}: {managed} managed, {len(entries) - managed} external; {warm} warm"
+    )

@@ -1,0 +1,121 @@
+"""Fixtures for the real-engine tests.
+
+scripts/test-env.sh brings up a private dockerd (with the stub NVIDIA hook), a GPU-less one,
+two loopback registries and the test images, and writes their endpoints to harness.env. Tests
+marked `engine` use them; when they cannot be had the tests fail under CI=true and skip
+elsewhere, saying how to bring them up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from byoc_orch.container_spec import LABEL_INSTANCE
+from byoc_orch.engine import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS_ENV = Path(os.environ.get("BYOC_TEST_STATE", "/var/tmp/byoc-orch-test")) / "harness.env"
+SETUP_HINT = "bring the engine up with: bash scripts/test-env.sh (or run bash scripts/test.sh)"
+
+
+@dataclass(frozen=True)
+class Harness:
+    docker_host: str
+    nogpu_docker_host: str
+    registry: str
+    auth_registry: str
+    auth_user: str
+    auth_password: str
+    worker_image: str
+    busybox_image: str
+    state: Path
+
+
+def _read_harness_env() -> dict[str, str]:
+    values = {}
+    if HARNESS_ENV.is_file():
+        for line in HARNESS_ENV.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key.strip()] = value.strip()
+    values.update({k: v for k, v in os.environ.items() if k.startswith("BYOC_TEST_")})
+    return values
+
+
+def _unavailable(reason: str) -> None:
+    message = f"real Docker engine unavailable: {reason} — {SETUP_HINT}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def harness() -> Harness:
+    env = _read_harness_env()
+    if "BYOC_TEST_DOCKER_HOST" not in env:
+        _unavailable(f"{HARNESS_ENV} not found")
+    found = Harness(
+        docker_host=env["BYOC_TEST_DOCKER_HOST"],
+        nogpu_docker_host=env["BYOC_TEST_NOGPU_DOCKER_HOST"],
+        registry=env["BYOC_TEST_REGISTRY"],
+        auth_registry=env["BYOC_TEST_AUTH_REGISTRY"],
+        auth_user=env["BYOC_TEST_AUTH_USER"],
+        auth_password=env["BYOC_TEST_AUTH_PASSWORD"],
+        worker_image=env["BYOC_TEST_WORKER_IMAGE"],
+        busybox_image=env["BYOC_TEST_BUSYBOX_IMAGE"],
+        state=Path(env["BYOC_TEST_STATE"]),
+    )
+    try:
+        client = docker.DockerClient(base_url=found.docker_host, timeout=10)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        _unavailable(f"{found.docker_host} does not answer ({exc})")
+    return found
+
+
+@pytest.fixture(scope="session")
+def docker_client(harness: Harness) -> Iterator[docker.DockerClient]:
+    """A plain docker-py client for the tests' own setup and assertions."""
+    client = docker.DockerClient(base_url=harness.docker_host, timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def instance(harness: Harness) -> Iterator[str]:
+    """A fresh instance id per test, so tests never see each other's containers.
+
+    Whatever containers the test left under it are removed afterwards, pass or fail.
+    """
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    client = docker.DockerClient(base_url=harness.docker_host, timeout=30)
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": f"{LABEL_INSTANCE}={name}"}
+        ):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def engine(harness: Harness, instance: str) -> AsyncIterator[Engine]:
+    eng = Engine(docker_host=harness.docker_host, instance=instance, timeout=60)
+    yield eng
+    await eng.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,58 @@
+"""A byte-forwarding proxy in front of dockerd's socket that a test can cut.
+
+Cutting the real connection is how the event stream's reconnect is exercised without
+restarting the shared dockerd: the engine adapter sees exactly what it sees when dockerd
+restarts (the stream ends, then connections are refused until it comes back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+
+class UnixProxy:
+    def __init__(self, listen: Path, upstream: str) -> None:
+        self.listen = listen
+        self._upstream = upstream
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.listen}"
+
+    async def start(self) -> None:
+        self.listen.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.listen))
+
+    async def cut(self) -> None:
+        """Drop every open connection and refuse new ones until `start` is called again."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+        self.listen.unlink(missing_ok=True)
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_unix_connection(self._upstream)
+        self._writers.update((client_w, upstream_w))
+        await asyncio.gather(
+            self._pipe(client_r, upstream_w),
+            self._pipe(upstream_r, client_w),
+            return_exceptions=True,
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
