@@ -140,10 +140,13 @@ class UnreadableModelsFileError(ModelsFileError):
     """The file could not be read at all (missing, a directory, no permission)."""
 
 
+Loc = tuple[str | int, ...]
+
+
 class _Issue(NamedTuple):
     """A problem inside one entry, before the entry's index and model_id are attached."""
 
-    loc: tuple[str | int, ...]
+    loc: Loc
     message: str
     fix: str
 
@@ -173,11 +176,17 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _kind(value: object) -> str:
+    """The value's JSON type with its article, for when the value itself must not show."""
+    kind = _json_type(value)
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _describe(value: object) -> str:
     """A value as the operator wrote it, short enough for one line."""
     kind = _json_type(value)
     if isinstance(value, dict | list):
-        return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+        return _kind(value)
     text = json.dumps(value)
     if len(text) > 40:
         text = text[:37] + "…"
@@ -220,30 +229,31 @@ def _rational_to_json(value: Fraction) -> int | float:
     return value.numerator if value.denominator == 1 else float(value)
 
 
-_Rational = Annotated[
-    Fraction,
-    BeforeValidator(_rational),
-    PlainSerializer(_rational_to_json),
-]
+# The number check sits outside the Optional because JSONRat refuses null as well.
 Price = Annotated[
-    _Rational, AfterValidator(_non_negative), WithJsonSchema({"type": "number", "minimum": 0})
+    Annotated[Fraction, AfterValidator(_non_negative), PlainSerializer(_rational_to_json)] | None,
+    BeforeValidator(_rational),
+    WithJsonSchema({"type": "number", "minimum": 0}),
 ]
 PixelsPerUnit = Annotated[
-    _Rational,
-    AfterValidator(_positive_integer),
+    Annotated[Fraction, AfterValidator(_positive_integer), PlainSerializer(_rational_to_json)]
+    | None,
+    BeforeValidator(_rational),
     WithJsonSchema({"type": "integer", "minimum": 1}),
 ]
 
 
 def _flag_value(value: object) -> object:
-    """go-livepeer's EnvValue takes a string or a boolean; a number makes it reject the file."""
+    """go-livepeer's EnvValue takes a string or a boolean; a number makes it reject the file.
+
+    The value is not echoed: flags, like env, may hold secrets.
+    """
     if isinstance(value, str | bool):
         return value
-    hint = f"quote it: {json.dumps(json.dumps(value))}" if isinstance(value, int | float) else ""
+    quote = "put the value in double quotes" if isinstance(value, int | float) else "use a string"
     raise _invalid(
-        f"expected a string or true/false, got {_describe(value)}",
-        f"{hint or 'use a string or true/false'} (go-livepeer reads flags only as strings "
-        "or booleans)",
+        f"expected a string or true/false, got {_kind(value)}",
+        f"{quote}; go-livepeer reads flags only as strings or booleans",
     )
 
 
@@ -464,12 +474,12 @@ class ModelEntry(BaseModel):
         default=None,
         description="go-livepeer: gateway address the price applies to ('default' if unset).",
     )
-    price_per_unit: Price | None = Field(
+    price_per_unit: Price = Field(
         default=None,
         description="go-livepeer: price per pixels_per_unit pixels, a bare JSON number "
         "(quoted values are refused by go-livepeer).",
     )
-    pixels_per_unit: PixelsPerUnit | None = Field(
+    pixels_per_unit: PixelsPerUnit = Field(
         default=None,
         description="go-livepeer: pixels per price unit, a positive integer.",
     )
@@ -740,35 +750,23 @@ def load_models(path: Path, *, reserved_ports: Mapping[int, str] = _NO_PORTS) ->
     try:
         data = path.read_bytes()
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise UnreadableModelsFileError(
-            [
-                Problem(
-                    None,
-                    None,
-                    None,
-                    f"cannot read the file: {reason}",
-                    "check the path and that byoc-orch's user may read it",
-                    source,
-                )
-            ]
-        ) from None
+        problem = Problem(
+            None,
+            None,
+            None,
+            f"cannot read the file: {exc.strerror or exc}",
+            "check the path and that byoc-orch's user may read it",
+            source,
+        )
+        raise UnreadableModelsFileError([problem]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ModelsFileError(
-            [
-                Problem(
-                    None,
-                    None,
-                    None,
-                    f"line {line}: the file is not UTF-8 text (byte {exc.start})",
-                    "save it as UTF-8",
-                    source,
-                )
-            ]
-        ) from None
+        problem = Problem(
+            None, None, None, f"line {line}: the file is not UTF-8 text", "save it as UTF-8", source
+        )
+        raise ModelsFileError([problem]) from None
     return parse_models(text, source=source, reserved_ports=reserved_ports)
 
 
@@ -963,9 +961,6 @@ def _check_entry(index: int, raw: object) -> tuple[ModelEntry | None, list[Probl
     return entry, problems, warnings
 
 
-Loc = tuple[str | int, ...]
-
-
 def _repeated_keys(value: object, loc: Loc = ()) -> Iterator[Loc]:
     if isinstance(value, _JsonObject):
         for key in value.repeated:
@@ -977,7 +972,7 @@ def _repeated_keys(value: object, loc: Loc = ()) -> Iterator[Loc]:
             yield from _repeated_keys(child, (*loc, position))
 
 
-def _repeated_key_text(loc: tuple[str | int, ...]) -> tuple[str, str]:
+def _repeated_key_text(loc: Loc) -> tuple[str, str]:
     return (
         f"key {json.dumps(loc[-1])} appears more than once; go-livepeer silently keeps the last",
         "keep only one of them",
@@ -1011,12 +1006,20 @@ def _unknown_keys(raw: dict[str, Any], at: partial[Problem]) -> tuple[list[Probl
     return problems, warnings
 
 
+_STAND_INS = {
+    "pipeline": "-",
+    "model_id": "-",
+    "container": "stand-in",
+    "url": "http://127.0.0.1:1",
+}
+
+
 def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
     """Validate one entry, reporting field errors and cross-field rules together.
 
     Pydantic skips the cross-field rules when a field is invalid, so the rules are run again
-    without the invalid fields (a bad image still counts as an image, so the entry stays
-    managed); their findings about those same fields are left out.
+    without the invalid fields, or with a stand-in where the rules need one to be present (a
+    bad image still makes the entry managed); findings about those fields are left out.
     """
     try:
         return ModelEntry.model_validate(raw), []
@@ -1025,12 +1028,9 @@ def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
     issues = [issue for error in errors for issue in _issues_from_error(error)]
     if any(error["type"] == "entry_rules" for error in errors):
         return None, issues
-    bad_fields = {issue.loc[0] for issue in issues if issue.loc}
+    bad_fields = {str(issue.loc[0]) for issue in issues if issue.loc}
     retry = {key: value for key, value in raw.items() if key not in bad_fields}
-    retry.setdefault("pipeline", "-")
-    retry.setdefault("model_id", "-")
-    if "container" in raw and "container" in bad_fields:
-        retry["container"] = "placeholder"
+    retry |= {key: _STAND_INS[key] for key in bad_fields & _STAND_INS.keys()}
     try:
         ModelEntry.model_validate(retry)
     except ValidationError as exc:
@@ -1058,7 +1058,8 @@ _MISSING_FIX = {
     "pipeline": 'add "pipeline": "<pipeline name>", e.g. "live-video-to-video"',
     "model_id": 'add "model_id": "<model name>"',
 }
-_SECRET_FIELDS = frozenset({"token"})
+# Values never echoed in messages: the token, and container env that may carry credentials.
+_SECRET_FIELDS = frozenset({"token", "env", "optimization_flags"})
 
 
 def _issues_from_error(error: ErrorDetails) -> list[_Issue]:
@@ -1071,11 +1072,11 @@ def _issues_from_error(error: ErrorDetails) -> list[_Issue]:
     return [_Issue(loc, *_wording(error, loc))]
 
 
-def _wording(error: ErrorDetails, loc: tuple[str | int, ...]) -> tuple[str, str]:
+def _wording(error: ErrorDetails, loc: Loc) -> tuple[str, str]:
     kind, value = error["type"], error.get("input")
     ctx = error.get("ctx") or {}
     name = str(loc[0]) if loc else "value"
-    got = f"got a {_json_type(value)}" if name in _SECRET_FIELDS else f"got {_describe(value)}"
+    got = f"got {_kind(value)}" if name in _SECRET_FIELDS else f"got {_describe(value)}"
     if kind == "missing":
         return "required but missing", _MISSING_FIX.get(name, f'add "{name}"')
     if kind in _EXPECTED:
@@ -1091,7 +1092,10 @@ def _wording(error: ErrorDetails, loc: tuple[str | int, ...]) -> tuple[str, str]
     }
     if kind in bounds:
         key, rule, fix = bounds[kind]
-        return f"must be {rule.format(ctx[key])}, {got}", fix.format(ctx[key])
+        limit = ctx[key]
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        return f"must be {rule.format(limit)}, {got}", fix.format(limit)
     if kind == "string_too_short":
         return "must not be empty", "give it a value"
     if kind == "too_short":
@@ -1114,7 +1118,7 @@ def _type_fix(expected: str, json_kind: str, value: object, name: str) -> str:
     return f"write {expected}"
 
 
-def _render_loc(loc: tuple[str | int, ...]) -> str:
+def _render_loc(loc: Loc) -> str:
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 from pathlib import Path
@@ -62,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         return _version()
     if args.command == "schema":
-        from byoc_orch.schema import aimodels_json_schema
+        from byoc_orch.schema import render
 
-        print(json.dumps(aimodels_json_schema(), indent=2, sort_keys=True))
+        sys.stdout.write(render())
         return EXIT_OK
     try:
         settings = load_settings(args.env_file, **_overrides(args))

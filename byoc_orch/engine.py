@@ -199,7 +199,7 @@ class Engine:
             tls = docker.utils.kwargs_from_env(environment=self._environment).get("tls")
             try:
                 self._client = docker.DockerClient(
-                    base_url=self.docker_host, timeout=int(self._timeout), tls=tls or False
+                    base_url=self.docker_host, timeout=self._timeout, tls=tls or False
                 )
             except docker.errors.DockerException as exc:
                 raise EngineUnavailable(

@@ -20,10 +20,15 @@ REDACTED = "[redacted]"
 
 
 def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
-    for key in list(event):
-        if SECRET_KEY.search(key) and event[key] not in (None, ""):
-            event[key] = REDACTED
-    return event
+    return {key: _redacted(key, value) for key, value in event.items()}
+
+
+def _redacted(key: str, value: Any) -> Any:
+    if SECRET_KEY.search(key) and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redacted(str(k), v) for k, v in value.items()}
+    return value
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     )
     docker_host: str = Field(
         default=DEFAULT_DOCKER_HOST,
-        validation_alias=AliasChoices("BYOC_ORCH_DOCKER_HOST", "DOCKER_HOST"),
         description=(
             "Docker endpoint. BYOC_ORCH_DOCKER_HOST, else DOCKER_HOST, else the local socket; "
             "Docker CLI contexts are deliberately not consulted."
@@ -96,6 +95,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("docker_config")
+    @classmethod
+    def _docker_config_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value / "config.json" if value.is_dir() else value
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist; give the path of a Docker config.json")
+        return path
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
@@ -111,7 +120,7 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         )
     cleaned = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(_env_file=env_file, **cleaned)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, **cleaned)  # type: ignore[call-arg]
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -121,6 +130,10 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
                 f"fix the environment variable, env file or --{field.replace('_', '-')} flag"
             )
         raise SettingsError("\n".join(lines)) from None
+    generic_host = os.environ.get("DOCKER_HOST")
+    if generic_host and "docker_host" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"docker_host": generic_host})
+    return settings
 
 
 def _env_file_from_environment() -> Path | None:

@@ -1,0 +1,786 @@
+"""aiModels.json: each mistake is reported with its entry, model_id, field and fix."""
+
+from __future__ import annotations
+
+import json
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from byoc_orch.aimodels import (
+    GpuRequest,
+    ModelEntry,
+    ModelsFile,
+    ModelsFileError,
+    Problem,
+    UnreadableModelsFileError,
+    load_models,
+    parse_models,
+    worker_id,
+)
+from byoc_orch.image_ref import parse_image_ref
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "aiModels.example.json"
+SECRET = "s3cr3t-t0ken-value"
+
+
+def managed(model_id: str = "comfyui", port: int = 8001, **fields: Any) -> dict[str, Any]:
+    return {
+        "pipeline": "live-video-to-video",
+        "model_id": model_id,
+        "container": "livepeer/comfystream:latest",
+        "url": f"http://127.0.0.1:{port}",
+        "warm": True,
+        **fields,
+    }
+
+
+def external(
+    model_id: str = "remote", url: str = "http://10.0.0.5:9000", **fields: Any
+) -> dict[str, Any]:
+    return {"pipeline": "text-to-image", "model_id": model_id, "url": url, **fields}
+
+
+def parse(*entries: object, reserved: dict[int, str] | None = None) -> ModelsFile:
+    return parse_models(
+        json.dumps(list(entries)), source="aiModels.json", reserved_ports=reserved or {}
+    )
+
+
+def problems_of(text: str, reserved: dict[int, str] | None = None) -> list[str]:
+    with pytest.raises(ModelsFileError) as caught:
+        parse_models(text, source="aiModels.json", reserved_ports=reserved or {})
+    return [str(problem) for problem in caught.value.problems]
+
+
+def problems(*entries: object, reserved: dict[int, str] | None = None) -> list[str]:
+    return problems_of(json.dumps(list(entries)), reserved)
+
+
+def only_problem(*entries: object, reserved: dict[int, str] | None = None) -> str:
+    found = problems(*entries, reserved=reserved)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def warnings_of(*entries: object) -> list[str]:
+    return [str(warning) for warning in parse(*entries).warnings]
+
+
+# --------------------------------------------------------------------------- valid files
+
+
+def test_example_file_validates_without_warnings() -> None:
+    models = load_models(EXAMPLE)
+    assert models.warnings == []
+    assert [entry.managed for entry in models.entries] == [True, True, False, True]
+    assert [entry.warm for entry in models.entries] == [True, True, True, False]
+    assert models.entries[1].gpus == [1]
+    assert models.source == str(EXAMPLE)
+
+
+def test_defaults_of_a_minimal_managed_entry() -> None:
+    (entry,) = parse(managed()).entries
+    assert entry.managed
+    assert entry.capacity == 1
+    assert entry.container_port == 8000
+    assert entry.gpus == "all"
+    assert entry.pull == "missing"
+    assert entry.health_path == "/health"
+    assert entry.stream_prefix == "auto"
+    assert entry.startup_timeout is None
+    assert (entry.privileged, entry.network_mode, entry.pid_mode) == (False, "bridge", "")
+
+
+def test_derived_helpers() -> None:
+    (entry,) = parse(managed(container="ghcr.io/org/worker:2")).entries
+    assert entry.image == parse_image_ref("ghcr.io/org/worker:2")
+    assert entry.host_port == 8001
+    assert entry.capability == "live-video-to-video/comfyui"
+    assert entry.worker_id == worker_id("live-video-to-video", "comfyui")
+
+
+def test_external_entry_has_no_image_but_a_port() -> None:
+    (entry,) = parse(external()).entries
+    assert not entry.managed
+    assert entry.image is None
+    assert entry.host_port == 9000
+    assert parse(external(url="https://worker.example")).entries[0].host_port == 443
+
+
+def test_empty_array_is_valid() -> None:
+    assert parse().entries == []
+
+
+def test_go_livepeer_fields_are_accepted_unchanged() -> None:
+    (entry,) = parse(
+        managed(
+            token=SECRET,
+            capacity=3,
+            optimization_flags={"SFAST": True, "DEEPCACHE": "false"},
+            gateway="0xabc",
+            price_per_unit=0.5,
+            pixels_per_unit=1,
+            currency="USD",
+        )
+    ).entries
+    assert entry.optimization_flags == {"SFAST": True, "DEEPCACHE": "false"}
+    assert entry.price_per_unit == Fraction(1, 2)
+    assert entry.pixels_per_unit == 1
+    assert entry.token is not None
+    assert entry.token.get_secret_value() == SECRET
+    dumped = entry.model_dump(mode="json")
+    assert dumped["price_per_unit"] == 0.5
+    assert dumped["pixels_per_unit"] == 1
+
+
+def test_prices_are_exact_rationals() -> None:
+    (entry,) = parse(managed(price_per_unit=0.1)).entries
+    assert entry.price_per_unit == Fraction(1, 10)
+    assert parse(managed(price_per_unit=1200)).entries[0].price_per_unit == 1200
+
+
+def test_byoc_orch_options() -> None:
+    (entry,) = parse(
+        managed(
+            container_port=9000,
+            gpus=[0, "GPU-6f2a"],
+            env={"HF_HOME": "/models"},
+            command=["python", "-m", "worker"],
+            volumes=["/srv/models:/models:ro", "/tmp:/scratch"],
+            shm_size="2g",
+            pull="always",
+            health_path="/healthz",
+            stream_prefix="/api",
+            startup_timeout=600,
+        )
+    ).entries
+    assert entry.shm_size == 2 * 1024**3
+    assert entry.startup_timeout == 600.0
+    assert entry.volumes == ["/srv/models:/models:ro", "/tmp:/scratch"]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"), [("512m", 512 * 1024**2), ("1GB", 1024**3), ("64k", 65536), (1000, 1000)]
+)
+def test_shm_size_units(size: object, expected: int) -> None:
+    assert parse(managed(shm_size=size)).entries[0].shm_size == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "request_"),
+    [
+        ("all", GpuRequest(count=-1)),
+        (2, GpuRequest(count=2)),
+        ([1], GpuRequest(count=None, device_ids=("1",))),
+        ([0, "GPU-abc"], GpuRequest(count=None, device_ids=("0", "GPU-abc"))),
+        ("none", None),
+    ],
+)
+def test_gpu_request(gpus: object, request_: GpuRequest | None) -> None:
+    assert parse(managed(gpus=gpus)).entries[0].gpu_request() == request_
+
+
+def test_host_access_is_allowed_when_asked_for() -> None:
+    (entry,) = parse(
+        managed(
+            allow_host_access=True,
+            privileged=True,
+            network_mode="host",
+            container_port=8001,
+            pid_mode="host",
+            volumes=["/var/run/docker.sock:/var/run/docker.sock"],
+        )
+    ).entries
+    assert entry.privileged
+
+
+# --------------------------------------------------------------------------- JSON syntax
+
+
+def test_trailing_comma_in_array_names_the_comma() -> None:
+    text = '[\n  {"pipeline": "p", "model_id": "m", "url": "http://10.0.0.1:1"},\n]\n'
+    column = text.splitlines()[1].rindex(",") + 1
+    (line,) = problems_of(text)
+    assert line.startswith(f"aiModels.json: line 2 column {column}: trailing comma before ']'")
+    assert "delete this comma" in line
+
+
+def test_trailing_comma_in_object() -> None:
+    text = '[{"pipeline": "p",\n  "model_id": "m",\n  }]'
+    (line,) = problems_of(text)
+    assert line.startswith("aiModels.json: line 2 column 18: trailing comma before '}'")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ('[{"pipeline": "p" "model_id": "m"}]', "line 1 column 19", "comma is missing"),
+        ("[{'pipeline': 'p'}]", "line 1 column 3", "double quotes"),
+        ('[{"pipeline": }]', "line 1 column 15", "expected a value"),
+        ("[]\n[]", "line 2 column 1", "after the end of the top-level array"),
+        ('[{"pipeline": "p\n"}]', "line 1 column 17", "control character"),
+        ('[{"pipeline": "p"', "line 1 column 18", "comma is missing"),
+        ('[{"capacity": NaN}]', "line 1 column 15", "NaN is not valid JSON"),
+    ],
+)
+def test_syntax_errors_give_line_and_column(text: str, where: str, what: str) -> None:
+    (line,) = problems_of(text)
+    assert line.startswith(f"aiModels.json: {where}: ")
+    assert what in line
+    assert " — " in line
+
+
+def test_empty_file() -> None:
+    assert problems_of("  \n") == [
+        "aiModels.json: the file is empty — write [] for no models, or an array of entries"
+    ]
+
+
+def test_byte_order_mark() -> None:
+    (line,) = problems_of("\ufeff[]")
+    assert "byte-order mark" in line
+
+
+def test_top_level_must_be_an_array() -> None:
+    (line,) = problems_of(json.dumps(managed()))
+    assert line == (
+        "aiModels.json: the top level is an object; aiModels.json must be an array of entries"
+        " — wrap the entry in [ ]: [ {...} ]"
+    )
+    assert "array of entries" in problems_of('"x"')[0]
+
+
+def test_entry_must_be_an_object() -> None:
+    line = only_problem(managed(), ["p", "m"])
+    assert line.startswith("entry 1: expected an object, got an array — ")
+
+
+def test_repeated_key_in_an_entry() -> None:
+    text = (
+        '[{"pipeline": "p", "model_id": "m", "url": "http://10.0.0.1:1",'
+        ' "warm": true, "warm": false}]'
+    )
+    (line,) = problems_of(text)
+    assert line.startswith('entry 0 (m): warm: key "warm" appears more than once')
+    assert line.endswith("— keep only one of them")
+
+
+def test_repeated_key_in_a_nested_object() -> None:
+    text = json.dumps([managed()])[:-2] + ', "env": {"A": "1", "A": "2"}}]'
+    (line,) = problems_of(text)
+    assert line.startswith('entry 0 (comfyui): env.A: key "A" appears more than once')
+
+
+# --------------------------------------------------------------------------- one entry
+
+
+def test_missing_required_fields() -> None:
+    found = problems({"url": "http://10.0.0.1:1"})
+    assert found == [
+        'entry 0: pipeline: required but missing — add "pipeline": "<pipeline name>", '
+        'e.g. "live-video-to-video"',
+        'entry 0: model_id: required but missing — add "model_id": "<model name>"',
+    ]
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_empty_required_field(blank: str) -> None:
+    line = only_problem(managed(pipeline=blank))
+    assert line == "entry 0 (comfyui): pipeline: must not be empty — give it a value"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "warm",
+            "true",
+            'warm: expected true or false, got string "true" — remove the quotes: write true',
+        ),
+        (
+            "capacity",
+            "2",
+            'capacity: expected an integer, got string "2" — remove the quotes: write 2',
+        ),
+        ("capacity", 2.5, "capacity: expected an integer, got number 2.5 — write an integer"),
+        ("capacity", True, "capacity: expected an integer, got boolean true — write an integer"),
+        ("pipeline", 5, 'pipeline: expected a string, got number 5 — put it in double quotes: "5"'),
+        (
+            "optimization_flags",
+            [],
+            "optimization_flags: expected an object, got an array — write an object",
+        ),
+        ("command", "python app.py", 'command: expected an array, got string "python app.py"'),
+        (
+            "env",
+            {"N": 8},
+            "env.N: expected a string, got a number — put the value in double quotes",
+        ),
+        ("container_port", 70000, "container_port: must be at most 65535, got number 70000"),
+        (
+            "pull",
+            "sometimes",
+            'pull: must be "missing", "always" or "never", got string '
+            '"sometimes" — use "missing", "always" or "never"',
+        ),
+        ("stream_prefix", "/v1", 'stream_prefix: must be "auto", "" or "/api"'),
+        ("health_path", "health", "health_path: \"health\" must be a path starting with '/'"),
+        ("startup_timeout", 0, "startup_timeout: must be more than 0, got number 0"),
+        ("shm_size", "lots", 'shm_size: "lots" is not a size'),
+        (
+            "optimization_flags",
+            {"STEPS": 4},
+            "optimization_flags.STEPS: expected a string or true/false, got a number — put "
+            "the value in double quotes; go-livepeer reads flags only as strings or booleans",
+        ),
+    ],
+)
+def test_wrong_types_name_the_field_and_both_types(
+    field: str, value: object, expected: str
+) -> None:
+    line = only_problem({**managed(), field: value})
+    assert line.startswith("entry 0 (comfyui): "), line
+    assert expected in line
+
+
+def test_capacity_must_be_positive() -> None:
+    for capacity in (0, -1):
+        line = only_problem(managed(capacity=capacity))
+        assert line == (
+            f"entry 0 (comfyui): capacity: must be at least 1, got number {capacity}"
+            " — use 1 or more"
+        )
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"price_per_unit": "1/3"}, 'price_per_unit: expected a JSON number, got string "1/3"'),
+        ({"price_per_unit": "0.5"}, "go-livepeer's JSONRat refuses quoted values"),
+        ({"price_per_unit": -1}, "price_per_unit: must not be negative"),
+        ({"price_per_unit": None}, "price_per_unit: expected a JSON number, got null"),
+        ({"pixels_per_unit": 0.5}, "pixels_per_unit: must be a positive whole number"),
+        ({"pixels_per_unit": 0}, "pixels_per_unit: must be a positive whole number"),
+    ],
+)
+def test_invalid_prices(fields: dict[str, Any], expected: str) -> None:
+    line = only_problem(managed(**fields))
+    assert line.startswith("entry 0 (comfyui): ")
+    assert expected in line
+    assert " — " in line
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [
+        (
+            "two",
+            'unknown gpus value string "two" — use "all", a count such as 2, a list of '
+            'device indexes or UUIDs such as [0], or "none"',
+        ),
+        (0, 'a GPU count must be at least 1, got 0 — use "none" for no GPUs'),
+        (-1, 'a GPU count must be at least 1, got -1 — use "all"'),
+        ("0,1", 'unknown gpus value string "0,1" — write the devices as a JSON list: [0, 1]'),
+        ("2", "write the count without quotes: 2, or the device as a list: [2]"),
+        (True, "unknown gpus value boolean true"),
+        (1.5, "unknown gpus value number 1.5"),
+        ([], 'the device list is empty — use "none"'),
+        ([0, 0], "device 0 is listed twice"),
+        ([-1], "number -1 is not a device index"),
+        (["GPU 1"], 'string "GPU 1" is not a device index'),
+    ],
+)
+def test_unknown_gpus_values(gpus: object, expected: str) -> None:
+    line = only_problem(managed(gpus=gpus))
+    assert line.startswith("entry 0 (comfyui): gpus: ")
+    assert expected in line
+
+
+def test_bad_image_reference_includes_the_reason() -> None:
+    line = only_problem(managed(container="Livepeer/ComfyStream:latest"))
+    assert line.startswith("entry 0 (comfyui): container: invalid image reference: ")
+    assert "uppercase" in line
+    assert "— write it as docker pull takes it" in line
+
+
+def test_neither_container_nor_url() -> None:
+    line = only_problem({"pipeline": "p", "model_id": "m", "warm": True})
+    assert line.startswith("entry 0 (m): container: the entry has neither container nor url")
+    assert '"url"' in line
+
+
+def test_managed_entry_needs_a_url() -> None:
+    entry = managed()
+    del entry["url"]
+    line = only_problem(entry)
+    assert line == (
+        "entry 0 (comfyui): url: a managed entry (one with container) needs url to choose its "
+        'host port — add "url": "http://127.0.0.1:<free port>", e.g. "http://127.0.0.1:8001"'
+    )
+
+
+def test_managed_url_must_be_loopback() -> None:
+    line = only_problem(managed(url="http://10.0.0.5:8001"))
+    assert line.startswith("entry 0 (comfyui): url: host 10.0.0.5 cannot reach a managed container")
+    assert "127.0.0.1 only" in line
+    assert 'use "http://127.0.0.1:8001"' in line
+    assert 'remove "container"' in line
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1", "https://127.0.0.1:8001", "http://localhost:8001/worker"]
+)
+def test_managed_url_must_be_plain_http_with_a_port(url: str) -> None:
+    line = only_problem(managed(url=url))
+    assert line.startswith("entry 0 (comfyui): url: ")
+    assert "must be exactly http://127.0.0.1:PORT" in line
+
+
+def test_localhost_is_loopback_too() -> None:
+    assert parse(managed(url="http://localhost:8001")).entries[0].host_port == 8001
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8001", "ftp://host:1", "http://", "http://h:x"])
+def test_unusable_url(url: str) -> None:
+    line = only_problem(external(url=url))
+    assert line.startswith("entry 0 (remote): url: ")
+    assert 'http://127.0.0.1:8001"' in line
+
+
+def test_host_network_needs_matching_ports() -> None:
+    line = only_problem(managed(allow_host_access=True, network_mode="host"))
+    assert line.startswith("entry 0 (comfyui): container_port: with network_mode host")
+    assert "set container_port to 8001" in line
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"privileged": True}, "privileged"),
+        ({"network_mode": "host", "container_port": 8001}, "network_mode"),
+        ({"pid_mode": "host"}, "pid_mode"),
+    ],
+)
+def test_host_access_options_need_allow_host_access(fields: dict[str, Any], field: str) -> None:
+    line = only_problem(managed(**fields))
+    assert line.startswith(f"entry 0 (comfyui): {field}: ")
+    assert line.endswith(
+        '— set "allow_host_access": true on this entry if you trust the image with the host, '
+        "or remove it"
+    )
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/home/op/.docker/desktop/docker.sock",
+        "/var/run",
+        "/run",
+        "/",
+        "/var/run/",
+        "/var/../run",
+    ],
+)
+def test_docker_socket_mount_needs_allow_host_access(host: str) -> None:
+    line = only_problem(managed(volumes=["/srv:/srv", f"{host}:/sock"]))
+    assert line.startswith(f'entry 0 (comfyui): volumes[1]: "{host}" exposes the Docker socket')
+    assert "allow_host_access" in line
+
+
+def test_harmless_mount_under_var_is_fine() -> None:
+    assert parse(managed(volumes=["/var/lib/models:/models"])).entries[0].volumes
+
+
+@pytest.mark.parametrize(
+    ("volume", "expected"),
+    [
+        ("models:/models", 'host path "models" is not absolute'),
+        ("./models:/models", 'host path "./models" is not absolute'),
+        ("/srv/models", "is not host_path:container_path"),
+        ("/srv/models:/models:rx", "is not host_path:container_path"),
+        ("/srv/models:models", 'container path "models" is not absolute'),
+    ],
+)
+def test_bad_volumes(volume: str, expected: str) -> None:
+    line = only_problem(managed(volumes=[volume]))
+    assert line.startswith("entry 0 (comfyui): volumes[0]: ")
+    assert expected in line
+    assert '— write "/host/path:/container/path"' in line
+
+
+def test_env_names_must_be_valid() -> None:
+    line = only_problem(managed(env={"GOOD": "1", "1BAD": "x", "A-B": "y"}))
+    assert line == (
+        'entry 0 (comfyui): env: not valid environment variable names: "1BAD", "A-B" — use '
+        "letters, digits and '_', not starting with a digit (e.g. MY_FLAG)"
+    )
+
+
+@pytest.mark.parametrize("name", ["PIPELINE", "MODEL_ID"])
+def test_env_cannot_override_what_byoc_orch_sets(name: str) -> None:
+    line = only_problem(managed(env={name: "x"}))
+    assert line == (
+        f"entry 0 (comfyui): env.{name}: {name} is set by byoc-orch from {name.lower()}"
+        f" — remove it; set the entry's {name.lower()} instead"
+    )
+
+
+def test_optimization_flags_cannot_override_pipeline() -> None:
+    line = only_problem(managed(optimization_flags={"PIPELINE": "x"}))
+    assert line.startswith("entry 0 (comfyui): optimization_flags.PIPELINE: ")
+
+
+def test_env_and_optimization_flags_cannot_share_a_key() -> None:
+    line = only_problem(managed(env={"SFAST": "0"}, optimization_flags={"SFAST": True}))
+    assert line.startswith("entry 0 (comfyui): env.SFAST: SFAST is also set in optimization_flags")
+    assert "— keep it in one place" in line
+
+
+def test_case_variant_of_a_go_livepeer_field_is_an_error() -> None:
+    line = only_problem(managed(Warm=False))
+    assert line == (
+        "entry 0 (comfyui): Warm: field names are case-sensitive here (go-livepeer reads it as "
+        '"warm") — rename it to "warm"'
+    )
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_unknown_keys_warn_with_a_suggestion() -> None:
+    assert warnings_of(managed(contianer_port=8000, hardware="a100")) == [
+        "entry 0 (comfyui): contianer_port: unknown field, ignored — did you mean "
+        '"container_port"?',
+        "entry 0 (comfyui): hardware: unknown field, ignored — remove it if it is a typo",
+    ]
+
+
+def test_misspelt_container_warns_and_explains_the_error() -> None:
+    entry = {"pipeline": "p", "model_id": "m", "contianer": "x", "url": "http://127.0.0.1:1"}
+    (warning,) = warnings_of(entry)
+    assert warning.endswith('did you mean "container"?')
+
+
+def test_container_options_on_an_external_entry_warn() -> None:
+    found = warnings_of(external(gpus=2, env={"A": "1"}))
+    assert found == [
+        f"entry 0 (remote): {field}: ignored: this entry has no container, so byoc-orch runs "
+        'nothing for it — remove it, or add "container" for byoc-orch to run the worker'
+        for field in ("gpus", "env")
+    ]
+
+
+def test_external_entries_on_one_loopback_port_warn() -> None:
+    models = parse(external("a", "http://127.0.0.1:9000"), external("b", "http://localhost:9000"))
+    (warning,) = (str(w) for w in models.warnings)
+    assert warning.startswith("entry 1 (b): url: port 9000 is also used by entry 0 (a)")
+
+
+# --------------------------------------------------------------------------- across entries
+
+
+def test_duplicate_pipeline_and_model_id_names_both_entries() -> None:
+    line = only_problem(managed(port=8001), external(), managed(port=8002))
+    assert line == (
+        "entry 2 (comfyui): model_id: live-video-to-video/comfyui is already defined by entry 0;"
+        " each pipeline+model_id may appear once — rename model_id in entry 0 or 2, or delete "
+        "one of them"
+    )
+
+
+def test_same_model_id_in_other_pipeline_is_fine() -> None:
+    assert len(parse(managed(port=8001), managed(port=8002, pipeline="text-to-image")).entries) == 2
+
+
+def test_host_port_used_twice_by_managed_entries() -> None:
+    line = only_problem(managed("a", 8001), managed("b", 8001))
+    assert line == (
+        "entry 1 (b): url: host port 8001 is also used by entry 0 (a)"
+        " — give each worker its own port in url"
+    )
+
+
+def test_host_port_shared_by_managed_and_loopback_external() -> None:
+    line = only_problem(external("ext", "http://localhost:8001"), managed("a", 8001))
+    assert line.startswith("entry 1 (a): url: host port 8001 is also used by entry 0 (ext)")
+
+
+def test_remote_external_port_does_not_conflict() -> None:
+    assert len(parse(managed("a", 9000), external("b", "http://10.0.0.5:9000")).entries) == 2
+
+
+def test_reserved_port() -> None:
+    reserved = {9935: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"}
+    line = only_problem(managed(port=9935), reserved=reserved)
+    assert line == (
+        "entry 0 (comfyui): url: port 9935 is taken by byoc-orch's own HTTP API (BYOC_ORCH_PORT)"
+        " — choose another port for this entry's url"
+    )
+
+
+def test_every_problem_is_listed_in_file_order() -> None:
+    found = problems(
+        managed("a", 8001),
+        managed("b", 8001),
+        {"pipeline": "p"},
+        managed("c", 8003, gpus="two", capacity=0, url="http://10.0.0.1:8003"),
+        managed("d", 8004, warm="yes"),
+    )
+    indexes = [int(re.match(r"entry (\d+)", line).group(1)) for line in found]  # type: ignore[union-attr]
+    assert indexes == sorted(indexes)
+    assert len(found) == 7, found
+    joined = "\n".join(found)
+    for fragment in (
+        "(b): url: host port",
+        "entry 2: model_id:",
+        "entry 2: container:",
+        "(c): gpus:",
+        "(c): capacity:",
+        "(c): url: host 10.0.0.1",
+        "(d): warm:",
+    ):
+        assert fragment in joined
+
+
+def test_a_bad_field_does_not_hide_the_cross_field_rules() -> None:
+    found = problems(managed(container="Bad/Image", url="http://10.0.0.1:8001", privileged=True))
+    assert [line.split(": ")[1] for line in found] == ["container", "url", "privileged"]
+
+
+def test_error_carries_the_warnings_too() -> None:
+    with pytest.raises(ModelsFileError) as caught:
+        parse(managed(capacity=0, contianer_port=1))
+    assert [p.field for p in caught.value.warnings] == ["contianer_port"]
+    assert [p.field for p in caught.value.problems] == ["capacity"]
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_token_never_shows() -> None:
+    (entry,) = parse(managed(token=SECRET)).entries
+    assert SECRET not in repr(entry)
+    assert SECRET not in str(entry)
+    assert SECRET not in str(entry.model_dump())
+    assert SECRET not in entry.model_dump_json()
+    assert SECRET not in json.dumps(entry.model_dump(mode="json"))
+
+
+def test_token_never_shows_in_errors() -> None:
+    with pytest.raises(ModelsFileError) as caught:
+        parse(managed(token=SECRET, capacity=0, url="http://10.0.0.1:8001"))
+    assert SECRET not in str(caught.value)
+    with pytest.raises(ValidationError) as direct:
+        ModelEntry.model_validate(managed(token=SECRET, url="http://10.0.0.1:1"))
+    assert SECRET not in str(direct.value)
+
+
+def test_env_values_of_the_wrong_type_are_not_echoed() -> None:
+    for fields in ({"env": {"HF_TOKEN": 987654321}}, {"optimization_flags": {"K": 987654321}}):
+        line = only_problem(managed(**fields))
+        assert "987654321" not in line
+
+
+def test_token_of_the_wrong_type_is_not_echoed() -> None:
+    line = only_problem(managed(token=123456789))
+    assert line == (
+        "entry 0 (comfyui): token: expected a string, got a number — put the value in double quotes"
+    )
+
+
+# --------------------------------------------------------------------------- model and ids
+
+
+def test_invalid_entries_cannot_be_constructed() -> None:
+    with pytest.raises(ValidationError, match="needs url"):
+        ModelEntry(pipeline="p", model_id="m", container="busybox")
+    entry = ModelEntry(pipeline="p", model_id="m", container="busybox", url="http://127.0.0.1:1")
+    assert entry.managed
+
+
+def test_entries_are_immutable() -> None:
+    (entry,) = parse(managed()).entries
+    with pytest.raises(ValidationError):
+        entry.warm = False
+
+
+def test_worker_id_is_stable_readable_and_unique() -> None:
+    first = worker_id("live-video-to-video", "comfyui")
+    assert first == worker_id("live-video-to-video", "comfyui")
+    assert first.startswith("live-video-to-video-comfyui-")
+    assert worker_id("a", "b/c") != worker_id("a", "b-c")
+    assert worker_id("a", "B") != worker_id("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "model_id"),
+    [
+        ("text-to-image", "stabilityai/sd-turbo"),
+        ("live-video-to-video", "x" * 200),
+        ("p", "éé/…"),
+        ("--", "__"),
+        ("Text To Image", "Model.V2@latest"),
+    ],
+)
+def test_worker_id_is_url_safe_and_a_container_name(pipeline: str, model_id: str) -> None:
+    wid = worker_id(pipeline, model_id)
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", wid), wid
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", f"byoc-orch-main-{wid}")
+    assert len(wid) <= 49
+    assert not wid.endswith("-")
+    assert "--" not in wid
+
+
+# --------------------------------------------------------------------------- problems and files
+
+
+def test_problem_rendering() -> None:
+    assert str(Problem(3, "m", "url", "bad", "fix it")) == "entry 3 (m): url: bad — fix it"
+    assert str(Problem(3, None, "pipeline", "bad", "fix")) == "entry 3: pipeline: bad — fix"
+    assert str(Problem(1, "m", None, "bad", "")) == "entry 1 (m): bad"
+    assert str(Problem(None, None, None, "line 7 column 3: x", "y", "aiModels.json")) == (
+        "aiModels.json: line 7 column 3: x — y"
+    )
+
+
+def test_models_file_error_lists_every_problem() -> None:
+    error = ModelsFileError([Problem(0, "a", "f", "x", "y"), Problem(1, "b", "g", "z", "w")])
+    assert str(error) == "entry 0 (a): f: x — y\nentry 1 (b): g: z — w"
+    assert isinstance(error, ValueError)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "aiModels.json"
+    with pytest.raises(UnreadableModelsFileError) as caught:
+        load_models(path)
+    (problem,) = caught.value.problems
+    assert str(problem).startswith(f"{path}: cannot read the file: No such file or directory")
+
+
+def test_directory_instead_of_a_file(tmp_path: Path) -> None:
+    with pytest.raises(UnreadableModelsFileError):
+        load_models(tmp_path)
+
+
+def test_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "aiModels.json"
+    path.write_bytes(b'[\n{"pipeline": "\xff"}]')
+    with pytest.raises(ModelsFileError) as caught:
+        load_models(path)
+    assert "line 2: the file is not UTF-8" in str(caught.value)
+
+
+def test_load_models_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "aiModels.json"
+    path.write_text(json.dumps([managed(), external()]))
+    models = load_models(path, reserved_ports={9935: "api"})
+    assert [entry.model_id for entry in models.entries] == ["comfyui", "remote"]
+    assert models.source == str(path)

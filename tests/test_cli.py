@@ -1,0 +1,212 @@
+"""The byoc-orch command, run in-process (and once as `python -m byoc_orch`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from byoc_orch import __version__
+from byoc_orch.cli import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE, main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "aiModels.example.json"
+NO_ENGINE = "unix:///nonexistent.sock"
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No settings from the developer's shell; logging restored after `run`/`status` set it."""
+    for name in list(os.environ):
+        if name.startswith("BYOC_ORCH_") or name in ("DOCKER_HOST", "DOCKER_CONTEXT"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BYOC_ORCH_LOG_FORMAT", "console")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"byoc-orch {__version__}"
+    assert "docker-py" in out
+
+
+def test_version_through_python_dash_m(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BYOC_ORCH_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "byoc_orch", "version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"byoc-orch {__version__}"
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    assert "usage: byoc-orch" in capsys.readouterr().err
+
+
+def test_schema_is_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == EXIT_OK
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["type"] == "array"
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert "ModelEntry" in schema["$defs"]
+
+
+def test_validate_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(EXAMPLE)]) == EXIT_OK
+    captured = capsys.readouterr()
+    entries = json.loads(EXAMPLE.read_text())
+    lines = [line for line in captured.out.splitlines() if line.startswith("entry ")]
+    assert len(lines) == len(entries)
+    for index, (line, raw) in enumerate(zip(lines, entries, strict=True)):
+        assert line.startswith(f"entry {index} {raw['pipeline']}/{raw['model_id']}: ")
+        assert ("managed" if "container" in raw else "external") in line
+    assert "replace-with-a-long-random-secret" not in captured.out + captured.err
+    assert captured.err == ""
+
+
+def test_validate_uses_models_flag_when_no_path_is_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["validate", "--models", str(EXAMPLE)]) == EXIT_OK
+    assert "entry 0 live-video-to-video/comfyui" in capsys.readouterr().out
+
+
+def test_validate_trailing_comma(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(
+        tmp_path / "aiModels.json",
+        '[\n  {"pipeline": "p", "model_id": "m", "url": "http://10.0.0.1:9000"},\n]\n',
+    )
+    assert main(["validate", str(bad)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "line 2 column 68: trailing comma before ']'" in err
+    assert "Traceback" not in err
+
+
+def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "absent.json"
+    assert main(["validate", str(missing)]) == EXIT_INVALID
+    captured = capsys.readouterr()
+    assert str(missing) in captured.err
+    assert "cannot read the file" in captured.err
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_validate_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(
+        tmp_path / "aiModels.json",
+        json.dumps(
+            [
+                {"pipeline": "p", "model_id": "a", "container": "img", "url": "http://10.0.0.1:1"},
+                {"pipeline": "p", "model_id": "b", "url": "http://10.0.0.1:2", "capacity": 0},
+            ]
+        ),
+    )
+    assert main(["validate", str(bad)]) == EXIT_INVALID
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+    assert errors[0].startswith("error: entry 0 (a): url:")
+    assert errors[1].startswith("error: entry 1 (b): capacity:")
+
+
+def test_port_flag_reserves_the_api_port(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--port", "8001", str(EXAMPLE)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "entry 0 (comfyui): url: port 8001 is taken by byoc-orch's own HTTP API" in err
+    assert "BYOC_ORCH_PORT" in err
+
+
+def test_port_flag_beats_port_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_PORT", "8002")
+    assert main(["validate", str(EXAMPLE)]) == EXIT_INVALID
+    assert "port 8002 is taken" in capsys.readouterr().err
+    assert main(["validate", "--port", "9100", str(EXAMPLE)]) == EXIT_OK
+
+
+def test_bad_setting_flag_exits_invalid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--instance", "Not Valid", str(EXAMPLE)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("byoc-orch: BYOC_ORCH_INSTANCE:")
+    assert "--instance" in err
+
+
+def test_missing_env_file_flag_exits_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "absent.env"
+    assert main(["status", "--env-file", str(missing)]) == EXIT_INVALID
+    assert f"env file {missing}: not found" in capsys.readouterr().err
+
+
+def test_run_with_invalid_models_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(
+        tmp_path / "aiModels.json",
+        json.dumps([{"pipeline": "p", "model_id": "m", "container": "img", "gpus": "0,1"}]),
+    )
+    code = main(["run", "--models", str(bad), "--docker-host", NO_ENGINE])
+    assert code == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "entry 0 (m): url: a managed entry (one with container) needs url" in err
+    assert "entry 0 (m): gpus: unknown gpus value" in err
+    assert f"{bad} is invalid; nothing was started" in err
+    assert NO_ENGINE not in err  # the file is checked before the engine is tried
+
+
+def test_run_with_missing_models_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "absent.json"
+    assert main(["run", "--models", str(missing), "--docker-host", NO_ENGINE]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "Traceback" not in err
+
+
+def test_run_with_unreachable_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--models", str(EXAMPLE), "--docker-host", NO_ENGINE])
+    assert code == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert f"cannot reach the Docker engine at {NO_ENGINE}" in err
+    assert "Traceback" not in err
+
+
+def test_run_takes_the_engine_from_docker_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    assert main(["run", "--models", str(EXAMPLE)]) == EXIT_UNAVAILABLE
+    assert NO_ENGINE in capsys.readouterr().err
+
+
+def test_status_with_unreachable_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--docker-host", NO_ENGINE]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert NO_ENGINE in err
+    assert "Traceback" not in err

@@ -1,0 +1,141 @@
+"""``byoc-orch validate``: exit codes and what the operator reads."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from byoc_orch.validate_cmd import run_validate
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGEST = "sha256:" + "0" * 64
+
+
+def run(path: Path, **kwargs: Any) -> tuple[int, list[str], list[str]]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_validate(path, out=out, err=err, **kwargs)
+    return code, out.getvalue().splitlines(), err.getvalue().splitlines()
+
+
+def write(tmp_path: Path, content: object) -> Path:
+    path = tmp_path / "aiModels.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+    return path
+
+
+def test_valid_file_lists_each_entry_and_a_summary(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            {
+                "pipeline": "live-video-to-video",
+                "model_id": "comfyui",
+                "container": "livepeer/comfystream:latest",
+                "url": "http://127.0.0.1:8001",
+                "warm": True,
+            },
+            {
+                "pipeline": "text-to-image",
+                "model_id": "sd",
+                "container": f"127.0.0.1:5000/x/y:1@{DIGEST}",
+                "url": "http://localhost:8002",
+                "container_port": 9000,
+                "gpus": [0, "GPU-1"],
+            },
+            {"pipeline": "llm", "model_id": "remote", "url": "http://10.0.0.5:9000", "warm": True},
+        ],
+    )
+    code, out, err = run(path)
+    assert code == 0
+    assert err == []
+    assert out == [
+        "entry 0 live-video-to-video/comfyui: managed, warm, "
+        "image=docker.io/livepeer/comfystream:latest, host port 8001→8000, gpus=all",
+        f"entry 1 text-to-image/sd: managed, cold, image=127.0.0.1:5000/x/y:1@{DIGEST}, "
+        "host port 8002→9000, gpus=[0,GPU-1]",
+        "entry 2 llm/remote: external, warm, url=http://10.0.0.5:9000",
+        "3 entries: 2 managed, 1 external; 2 warm",
+    ]
+
+
+def test_warnings_come_before_the_summary(tmp_path: Path) -> None:
+    entry = {"pipeline": "p", "model_id": "m", "url": "http://10.0.0.5:1", "gpu": 1}
+    code, out, _ = run(write(tmp_path, [entry]))
+    assert code == 0
+    assert out == [
+        "entry 0 p/m: external, cold, url=http://10.0.0.5:1",
+        'warning: entry 0 (m): gpu: unknown field, ignored — did you mean "gpus"?',
+        "1 entry: 0 managed, 1 external; 0 warm",
+    ]
+
+
+def test_example_file_is_valid() -> None:
+    code, out, err = run(ROOT / "aiModels.example.json")
+    assert code == 0, err
+    assert not any(line.startswith("warning:") for line in out)
+    assert out[-1] == "4 entries: 3 managed, 1 external; 3 warm"
+
+
+def test_invalid_file_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    base = {"pipeline": "p", "container": "busybox", "warm": True}
+    path = write(
+        tmp_path,
+        [
+            {**base, "model_id": "a", "url": "http://127.0.0.1:8001", "warm": "true"},
+            {**base, "model_id": "b", "url": "http://127.0.0.1:9935", "contianer_port": 1},
+            {**base, "model_id": "c", "url": "http://127.0.0.1:8003", "gpus": "two"},
+        ],
+    )
+    code, out, err = run(path, reserved_ports={9935: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"})
+    assert code == 1
+    assert out == []
+    assert err == [
+        "warning: entry 1 (b): contianer_port: unknown field, ignored — did you mean "
+        '"container_port"?',
+        'error: entry 0 (a): warm: expected true or false, got string "true" — remove the '
+        "quotes: write true",
+        "error: entry 1 (b): url: port 9935 is taken by byoc-orch's own HTTP API "
+        "(BYOC_ORCH_PORT) — choose another port for this entry's url",
+        'error: entry 2 (c): gpus: unknown gpus value string "two" — use "all", a count such '
+        'as 2, a list of device indexes or UUIDs such as [0], or "none"',
+        "aiModels.json is invalid: 3 problems; byoc-orch will start nothing from it",
+    ]
+
+
+def test_trailing_comma_reports_line_and_column(tmp_path: Path) -> None:
+    text = (
+        "[\n"
+        '  {"pipeline": "p", "model_id": "a", "url": "http://10.0.0.5:1"},\n'
+        '  {"pipeline": "p", "model_id": "b", "url": "http://10.0.0.5:2"},\n'
+        "]\n"
+    )
+    path = write(tmp_path, text)
+    code, out, err = run(path)
+    assert code == 1
+    assert out == []
+    assert err == [
+        f"error: {path}: line 3 column 65: trailing comma before ']' — delete this comma; "
+        "JSON allows none after the last item",
+        "aiModels.json is invalid: 1 problem; byoc-orch will start nothing from it",
+    ]
+
+
+@pytest.mark.parametrize("name", ["missing.json", "."])
+def test_unreadable_file_is_one_line(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    code, out, err = run(path)
+    assert code == 1
+    assert out == []
+    assert len(err) == 1
+    assert err[0].startswith(f"error: {path}: cannot read the file: ")
+
+
+def test_defaults_to_the_process_streams(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_validate(write(tmp_path, [])) == 0
+    assert capsys.readouterr().out == "0 entries: 0 managed, 0 external; 0 warm\n"
