@@ -76,6 +76,42 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a worker may report LOADING before it counts as failed.",
     )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "byoc-orch's base URL as go-livepeer reaches it; capability URLs point under it. "
+            "Unset: http://HOST:PORT."
+        ),
+    )
+    probe_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between /health probes of a warm worker."
+    )
+    startup_probe_interval: float = Field(
+        default=0.25, gt=0, description="Seconds between /health probes while a worker starts."
+    )
+    probe_timeout: float = Field(default=1.0, gt=0, description="Seconds one probe may take.")
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failed probes that make a warm worker unhealthy."
+    )
+    unhealthy_restart_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a managed worker may stay unhealthy before a restart.",
+    )
+    backoff_initial: float = Field(
+        default=10.0, gt=0, description="First back-off delay after the (immediate) first restart."
+    )
+    backoff_max: float = Field(default=300.0, gt=0, description="Cap of the restart back-off.")
+    backoff_reset_after: float = Field(
+        default=600.0, gt=0, description="Seconds warm after which the back-off is forgotten."
+    )
+    stop_containers_on_exit: bool = Field(
+        default=False,
+        description=(
+            "Stop managed containers when the daemon exits. Default: leave them running so the "
+            "next start adopts them without a cold start."
+        ),
+    )
     pull_progress_interval: float = Field(
         default=5.0, gt=0, description="Seconds between image pull progress log lines."
     )

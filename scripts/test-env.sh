@@ -16,6 +16,7 @@ AUTH_USER=byoc-test
 AUTH_PASSWORD=byoc-test-password
 ENGINE_SOCK=$RUN/docker.sock
 NOGPU_SOCK=$RUN/docker-nogpu.sock
+NOGPU_BRIDGE=byoc-nogpu0
 BASE_IMAGE=byoc-test/python-base:bookworm
 REGISTRY=127.0.0.1:$REGISTRY_PORT
 AUTH_REGISTRY=127.0.0.1:$AUTH_REGISTRY_PORT
@@ -36,6 +37,7 @@ install_packages() {
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v curl >/dev/null || missing+=(curl)
+  command -v ip >/dev/null || missing+=(iproute2)
   [ ${#missing[@]} -eq 0 ] && return
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run as root or install them with apt-get"
   log "installing ${missing[*]}"
@@ -75,6 +77,16 @@ start_engine() {  # start_engine NAME SOCKET WITH_GPU_HOOK EXTRA_ARGS...
   PATH=$path setsid dockerd --data-root "$dir/data" --exec-root "$RUN/$name-exec" \
     -H "unix://$sock" --pidfile "$RUN/$name.pid" "$@" >"$dir/dockerd.log" 2>&1 </dev/null &
   wait_for 60 "$name engine" engine_up "$sock" || { tail -20 "$dir/dockerd.log" >&2; die "$name engine did not start"; }
+}
+
+# The GPU-less engine gets a bridge of its own: with --bridge=none dockerd deletes docker0,
+# which the main engine's containers need.
+ensure_nogpu_bridge() {
+  ip link show "$NOGPU_BRIDGE" >/dev/null 2>&1 && return
+  command -v ip >/dev/null || die "iproute2 (ip) is needed to create the $NOGPU_BRIDGE bridge"
+  ip link add name "$NOGPU_BRIDGE" type bridge
+  ip addr add 172.31.254.1/24 dev "$NOGPU_BRIDGE"
+  ip link set "$NOGPU_BRIDGE" up
 }
 
 registry_up() { curl -sS -o /dev/null -w '%{http_code}' "http://$1/v2/" 2>/dev/null | grep -qE '200|401'; }
@@ -198,7 +210,8 @@ main() {
   install_packages
   setup_python
   start_engine main "$ENGINE_SOCK" yes
-  start_engine nogpu "$NOGPU_SOCK" no --bridge=none --iptables=false --ip-masq=false
+  ensure_nogpu_bridge
+  start_engine nogpu "$NOGPU_SOCK" no --bridge="$NOGPU_BRIDGE" --iptables=false --ip-masq=false
   start_registry registry "$REGISTRY"
   start_registry auth-registry "$AUTH_REGISTRY" auth
   build_images

@@ -1,0 +1,105 @@
+"""The capability registry: the set of warm `pipeline/model_id` capabilities.
+
+Workers report every state change here synchronously, so a capability leaves the set in the
+same loop iteration as the event that withdrew it; advertisers subscribe to the changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("byoc_orch.capabilities")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One warm capability as it is advertised."""
+
+    worker_id: str
+    pipeline: str
+    model_id: str
+    url: str
+    capacity: int
+    price_per_unit: Fraction | None = None
+    pixels_per_unit: Fraction | None = None
+    currency: str | None = None
+    gateway: str | None = None
+    warm_since: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.pipeline}/{self.model_id}"
+
+    def as_aimodels_entry(self) -> dict[str, Any]:
+        """The entry in go-livepeer's aiModels.json shape, pointing at byoc-orch."""
+        entry: dict[str, Any] = {
+            "pipeline": self.pipeline,
+            "model_id": self.model_id,
+            "url": self.url,
+            "warm": True,
+            "capacity": self.capacity,
+        }
+        for key in ("price_per_unit", "pixels_per_unit"):
+            value = getattr(self, key)
+            if value is not None:
+                entry[key] = value.numerator if value.denominator == 1 else float(value)
+        if self.currency is not None:
+            entry["currency"] = self.currency
+        if self.gateway is not None:
+            entry["gateway"] = self.gateway
+        return entry
+
+
+@dataclass(frozen=True)
+class Change:
+    added: tuple[Capability, ...] = ()
+    removed: tuple[Capability, ...] = ()
+
+
+Subscriber = Callable[[Change], None]
+
+
+class CapabilityRegistry:
+    def __init__(self) -> None:
+        self._warm: dict[str, Capability] = {}
+        self._subscribers: list[Subscriber] = []
+
+    def warm(self) -> list[Capability]:
+        return sorted(self._warm.values(), key=lambda c: c.name)
+
+    def is_warm(self, worker_id: str) -> bool:
+        return worker_id in self._warm
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call `subscriber` on every change; returns the function that unsubscribes."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def set_warm(self, capability: Capability) -> None:
+        if self._warm.get(capability.worker_id) == capability:
+            return
+        previous = self._warm.get(capability.worker_id)
+        self._warm[capability.worker_id] = capability
+        self._notify(Change(added=(capability,), removed=(previous,) if previous else ()))
+
+    def withdraw(self, worker_id: str) -> None:
+        removed = self._warm.pop(worker_id, None)
+        if removed is not None:
+            self._notify(Change(removed=(removed,)))
+
+    def withdraw_all(self) -> None:
+        removed, self._warm = tuple(self._warm.values()), {}
+        if removed:
+            self._notify(Change(removed=removed))
+
+    def _notify(self, change: Change) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(change)
+            except Exception:
+                log.exception("capability subscriber failed")

@@ -1,0 +1,225 @@
+"""The daemon: reconcile at start-up, run one Worker per entry, route Docker events to them.
+
+Order at start-up matters: the Docker event stream is opened before containers are listed, so
+a container that dies between the two is still seen; adoption keeps warm containers running
+across a daemon restart; `ready` turns true only once every entry has been set on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import structlog
+
+from byoc_orch.aimodels import ModelEntry, ModelsFile
+from byoc_orch.capabilities import CapabilityRegistry
+from byoc_orch.container_spec import build_container_spec
+from byoc_orch.engine import STREAM_RESTORED, Engine, EngineError, EngineEvent, EventStream
+from byoc_orch.reconcile import plan
+from byoc_orch.settings import Settings
+from byoc_orch.worker import Worker
+from byoc_orch.worker_state import Adopt, Died, Launch, Policy, Status
+
+log = structlog.get_logger("byoc_orch.daemon")
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        startup_probe_interval=settings.startup_probe_interval,
+        probe_interval=settings.probe_interval,
+        failure_threshold=settings.failure_threshold,
+        unhealthy_restart_after=settings.unhealthy_restart_after,
+        startup_timeout=settings.startup_timeout,
+        backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+        backoff_reset_after=settings.backoff_reset_after,
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelsFile,
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.engine = engine or Engine(
+            docker_host=settings.docker_host,
+            instance=settings.instance,
+            timeout=settings.docker_timeout,
+            docker_config=settings.docker_config,
+            pull_progress_interval=settings.pull_progress_interval,
+        )
+        self.registry = CapabilityRegistry()
+        self.policy = policy_from(settings)
+        self.workers: dict[str, Worker] = {}
+        self.ready = False
+        self.started_at = clock()
+        self.adopted: list[str] = []
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512),
+            trust_env=False,
+        )
+        self._events: EventStream | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    @property
+    def public_url(self) -> str:
+        return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+
+    async def start(self) -> None:
+        """Reconcile with the engine and start every worker; raises EngineError if Docker is out
+        of reach, leaving nothing running."""
+        entries = self.models.entries
+        managed = [e for e in entries if e.managed]
+        if managed:
+            info = await self.engine.connect()
+            log.info("docker engine", version=info.server_version, host=self.settings.docker_host)
+            self._events = self.engine.events()
+            self._dispatcher = asyncio.create_task(
+                self._dispatch(self._events), name="docker-events"
+            )
+            containers = await self.engine.list_containers()
+        else:
+            containers = []
+        specs = {e.worker_id: build_container_spec(e, self.settings.instance) for e in managed}
+        wanted = {e.worker_id: specs[e.worker_id].spec_hash for e in managed if e.warm}
+        the_plan = plan(wanted, containers)
+        for container_id in the_plan.remove:
+            log.info("removing container no entry wants as it is", container_id=container_id[:12])
+            try:
+                await self.engine.remove(container_id)
+            except EngineError as exc:
+                log.warning(
+                    "could not remove container", container_id=container_id[:12], error=str(exc)
+                )
+        for entry in entries:
+            worker = self._worker(entry, specs.get(entry.worker_id))
+            self.workers[worker.worker_id] = worker
+            worker.start()
+            if worker.worker_id in the_plan.adopt:
+                worker.post(Adopt(the_plan.adopt[worker.worker_id]))
+            elif entry.warm:
+                worker.post(Launch())
+        self.adopted = sorted(the_plan.adopt)
+        self.ready = True
+        log.info(
+            "reconciled",
+            entries=len(entries),
+            adopted=len(the_plan.adopt),
+            launched=sum(1 for e in entries if e.warm) - len(the_plan.adopt),
+            removed=len(the_plan.remove),
+            cold=sum(1 for e in entries if not e.warm),
+        )
+
+    def _worker(self, entry: ModelEntry, spec: Any) -> Worker:
+        return Worker(
+            entry,
+            spec=spec,
+            engine=self.engine,
+            http=self._http,
+            registry=self.registry,
+            policy=self.policy
+            if entry.startup_timeout is None
+            else Policy(**{**self.policy.__dict__, "startup_timeout": entry.startup_timeout}),
+            proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",
+            probe_timeout=self.settings.probe_timeout,
+            stop_timeout=self.settings.stop_timeout,
+            clock=self._clock,
+        )
+
+    async def stop(self) -> None:
+        """Withdraw every capability first, then stop following workers; by default the
+        containers keep running so the next start adopts them."""
+        self.ready = False
+        closing = [asyncio.create_task(w.close()) for w in self.workers.values()]
+        self.registry.withdraw_all()
+        await asyncio.gather(*closing)
+        if self.settings.stop_containers_on_exit:
+            await asyncio.gather(
+                *(
+                    self._stop_container(w.status)
+                    for w in self.workers.values()
+                    if w.status.container_id and w.entry.managed
+                )
+            )
+        if self._events is not None:
+            await self._events.aclose()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        await self._http.aclose()
+        await self.engine.close()
+        log.info("stopped", containers_left_running=not self.settings.stop_containers_on_exit)
+
+    async def _stop_container(self, status: Status) -> None:
+        assert status.container_id
+        try:
+            await self.engine.stop(status.container_id, self.settings.stop_timeout)
+            await self.engine.remove(status.container_id)
+        except EngineError as exc:
+            log.warning(
+                "could not stop container", container_id=status.container_id[:12], error=str(exc)
+            )
+
+    # -- Docker events ------------------------------------------------------------------------
+
+    async def _dispatch(self, events: EventStream) -> None:
+        oom_killed: set[str] = set()
+        async for event in events:
+            if event.action == STREAM_RESTORED:
+                await self._resync()
+            elif event.action == "oom" and event.container_id:
+                oom_killed.add(event.container_id)
+            elif event.action == "die" and event.container_id:
+                self._container_died(event, event.container_id in oom_killed)
+                oom_killed.discard(event.container_id)
+
+    def _container_died(self, event: EngineEvent, oom: bool) -> None:
+        worker = self._by_container(event.container_id)
+        if worker is None:
+            return
+        reason = f"container exited with code {event.exit_code}"
+        if oom:
+            reason += " (killed: out of memory)"
+        worker.post(Died(str(event.container_id), reason))
+
+    def _by_container(self, container_id: str | None) -> Worker | None:
+        for worker in self.workers.values():
+            if container_id and worker.status.container_id == container_id:
+                return worker
+        return None
+
+    async def _resync(self) -> None:
+        """After the event stream was down: anything that died meanwhile is a crash."""
+        try:
+            running = {c.id for c in await self.engine.list_containers() if c.running}
+        except EngineError as exc:
+            log.warning("could not re-list containers", error=str(exc))
+            return
+        for worker in self.workers.values():
+            container_id = worker.status.container_id
+            if worker.entry.managed and container_id and container_id not in running:
+                worker.post(Died(container_id, "container stopped while Docker events were down"))
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for worker in self.workers.values():
+            states[str(worker.status.state)] = states.get(str(worker.status.state), 0) + 1
+        return {
+            "ready": self.ready,
+            "instance": self.settings.instance,
+            "workers": len(self.workers),
+            "warm": len(self.registry.warm()),
+            "states": states,
+        }

@@ -1,0 +1,274 @@
+"""One worker's runner: feeds events to the pure state machine and performs its actions.
+
+Probes run as their own tasks so that a slow /health never delays a Docker `die` event;
+container actions (discard, pull, run, stop) run one after another on a second task so a
+replacement is always removed before its successor starts. Every state change is published
+to the capability registry before the next event is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import structlog
+
+from byoc_orch.aimodels import ModelEntry
+from byoc_orch.capabilities import Capability, CapabilityRegistry
+from byoc_orch.container_spec import ContainerSpec
+from byoc_orch.engine import Engine, EngineError
+from byoc_orch.health import probe
+from byoc_orch.worker_state import (
+    Action,
+    Discard,
+    Event,
+    Policy,
+    Probe,
+    Probed,
+    Pull,
+    Pulled,
+    PullFailed,
+    Run,
+    Started,
+    StartFailed,
+    State,
+    Status,
+    StopContainer,
+    Stopped,
+    Tick,
+    decide,
+    initial,
+)
+
+log = structlog.get_logger("byoc_orch.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        *,
+        spec: ContainerSpec | None,
+        engine: Engine,
+        http: httpx.AsyncClient,
+        registry: CapabilityRegistry,
+        policy: Policy,
+        proxy_url: str,
+        probe_timeout: float,
+        stop_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.entry = entry
+        self.spec = spec
+        self.worker_id = entry.worker_id
+        self.policy = policy
+        self.proxy_url = proxy_url
+        self.image_digest: str | None = None
+        self._engine = engine
+        self._http = http
+        self._registry = registry
+        self._probe_timeout = probe_timeout
+        self._stop_timeout = stop_timeout
+        self._clock = clock
+        self.status: Status = initial(clock(), managed=entry.managed)
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._log = log.bind(
+            worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
+        )
+
+    @property
+    def health_url(self) -> str:
+        if self.spec is not None:
+            return f"http://127.0.0.1:{self.spec.host_port}{self.entry.health_path}"
+        return f"{(self.entry.url or '').rstrip('/')}{self.entry.health_path}"
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._react(), name=f"worker-{self.worker_id}"),
+            asyncio.create_task(self._act(), name=f"worker-actions-{self.worker_id}"),
+        ]
+
+    def post(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    async def close(self) -> None:
+        """Stop following the worker; the container itself is left as it is."""
+        tasks = [*self._tasks, *([self._probe] if self._probe else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def wait_for(self, predicate: Callable[[Status], bool], timeout: float) -> Status:
+        """Wait until the status satisfies `predicate` (used by shutdown and tests)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.status):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.worker_id} still {self.status.state}")
+            await asyncio.sleep(0.02)
+        return self.status
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _react(self) -> None:
+        while True:
+            wake = self.status.next_wake()
+            try:
+                if wake is None:
+                    event = await self._events.get()
+                else:
+                    async with asyncio.timeout(max(0.0, wake - self._clock())):
+                        event = await self._events.get()
+            except TimeoutError:
+                event = Tick()
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        before = self.status
+        self.status, actions = decide(before, event, self._clock(), self.policy)
+        if self.status.state is not before.state:
+            self._log.info(
+                "worker state",
+                state=str(self.status.state),
+                previous=str(before.state),
+                reason=self.status.reason or None,
+                container_id=(self.status.container_id or before.container_id or "")[:12] or None,
+                restarts=self.status.restarts,
+            )
+        self._publish()
+        for action in actions:
+            if isinstance(action, Probe):
+                self._probe = asyncio.create_task(self._run_probe())
+            else:
+                self._actions.put_nowait(action)
+
+    def _publish(self) -> None:
+        if self.status.state is State.WARM:
+            entry = self.entry
+            self._registry.set_warm(
+                Capability(
+                    worker_id=self.worker_id,
+                    pipeline=entry.pipeline,
+                    model_id=entry.model_id,
+                    url=self.proxy_url,
+                    capacity=entry.capacity,
+                    price_per_unit=entry.price_per_unit,
+                    pixels_per_unit=entry.pixels_per_unit,
+                    currency=entry.currency,
+                    gateway=entry.gateway,
+                    warm_since=self.status.warm_since or self.status.since,
+                )
+            )
+        else:
+            self._registry.withdraw(self.worker_id)
+
+    async def _run_probe(self) -> None:
+        self.post(Probed(await probe(self._http, self.health_url, self._probe_timeout)))
+
+    async def _act(self) -> None:
+        while True:
+            action = await self._actions.get()
+            try:
+                await self._perform(action)
+            except Exception:
+                self._log.exception("worker action failed", action=type(action).__name__)
+
+    async def _perform(self, action: Action) -> None:
+        spec = self.spec
+        if spec is None:
+            return
+        match action:
+            case Discard(container_id):
+                try:
+                    await self._engine.remove(container_id)
+                except EngineError as exc:
+                    self._log.warning("could not remove container", error=str(exc))
+            case Pull():
+                try:
+                    result = await self._engine.ensure_image(spec.image, self.entry.pull)
+                except EngineError as exc:
+                    self.post(PullFailed(str(exc)))
+                    return
+                self.image_digest = result.image.digest
+                self.post(Pulled())
+            case Run():
+                try:
+                    info = await self._engine.run(spec)
+                except EngineError as exc:
+                    self.post(StartFailed(str(exc)))
+                    return
+                self.post(Started(info.id))
+            case StopContainer(container_id):
+                try:
+                    await self._engine.stop(container_id, self._stop_timeout)
+                    await self._engine.remove(container_id)
+                except EngineError as exc:
+                    self._log.warning("could not stop container", error=str(exc))
+                self.post(Stopped())
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What /workers shows for this worker."""
+        status, entry, spec = self.status, self.entry, self.spec
+        probe_result = status.last_probe
+        gpus = entry.gpu_request()
+        return {
+            "worker_id": self.worker_id,
+            "pipeline": entry.pipeline,
+            "model_id": entry.model_id,
+            "capability": entry.capability,
+            "kind": "managed" if entry.managed else "external",
+            "state": str(status.state),
+            "since": _iso(status.since),
+            "reason": status.reason or None,
+            "advertised": status.advertised,
+            "url": self.proxy_url,
+            "upstream": self.health_url.removesuffix(entry.health_path),
+            "container_id": status.container_id,
+            "container_name": spec.name if spec else None,
+            "image": str(spec.image) if spec else None,
+            "image_digest": self.image_digest,
+            "host_port": spec.host_port if spec else None,
+            "gpus": None
+            if not entry.managed or gpus is None
+            else (
+                "all"
+                if gpus.count == -1 and not gpus.device_ids
+                else list(gpus.device_ids) or gpus.count
+            ),
+            "capacity": entry.capacity,
+            "restarts": status.restarts,
+            "crash_streak": status.crash_streak,
+            "next_restart_at": _iso(status.next_attempt_at)
+            if status.state in (State.BACKOFF, State.FAILED)
+            else None,
+            "consecutive_probe_failures": status.failures,
+            "last_health": None
+            if probe_result is None
+            else {
+                "verdict": str(probe_result.verdict),
+                "status": probe_result.reported,
+                "detail": probe_result.detail,
+                "http_status": probe_result.http_status,
+                "latency_ms": round(probe_result.latency * 1000, 2),
+                "at": _iso(probe_result.at),
+            },
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,361 @@
+"""The per-worker state machine: pure decisions from (status, event, now) to (status, actions).
+
+No I/O and no clock of its own, so every transition is testable in microseconds. The runner
+(worker.py) feeds it events (probe results, Docker events, timer ticks, results of the actions
+it performed) and performs the actions it returns.
+
+Only WARM is advertised. Policy follows kubelet where it is better than go-livepeer's
+(5 s polls, 2 failures, restart at once): N consecutive failed probes to go unhealthy and one
+good one to come back; crash-loop back-off with the first restart immediate, then doubling from
+`backoff_initial` to `backoff_max`, forgotten after `backoff_reset_after` seconds warm; LOADING
+past the start-up timeout is a failure; ERROR restarts at once (through the back-off, whose
+first step is immediate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from byoc_orch.health import ProbeResult, Verdict
+
+
+class State(StrEnum):
+    COLD = "cold"
+    PULLING = "pulling"
+    STARTING = "starting"
+    WARM = "warm"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+PROBED_STATES = frozenset({State.STARTING, State.WARM, State.UNHEALTHY})
+
+
+@dataclass(frozen=True)
+class Policy:
+    startup_probe_interval: float = 0.25
+    probe_interval: float = 1.0
+    failure_threshold: int = 3
+    unhealthy_restart_after: float = 30.0
+    startup_timeout: float = 600.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 300.0
+    backoff_reset_after: float = 600.0
+
+
+def backoff_delay(streak: int, policy: Policy) -> float:
+    """Delay before restart number `streak` of an unbroken run of failures (1-based)."""
+    if streak <= 1:
+        return 0.0
+    return float(min(policy.backoff_initial * 2 ** (streak - 2), policy.backoff_max))
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State
+    since: float
+    managed: bool = True
+    reason: str = ""
+    container_id: str | None = None
+    restarts: int = 0
+    crash_streak: int = 0
+    next_attempt_at: float | None = None
+    failures: int = 0
+    probing: bool = False
+    next_probe_at: float | None = None
+    started_at: float | None = None
+    warm_since: float | None = None
+    unhealthy_since: float | None = None
+    last_probe: ProbeResult | None = None
+
+    @property
+    def advertised(self) -> bool:
+        return self.state is State.WARM
+
+    def next_wake(self) -> float | None:
+        """When a Tick is next needed, or None when only an event can change anything."""
+        times = [self.next_attempt_at] if self.state in (State.BACKOFF, State.FAILED) else []
+        if self.state in PROBED_STATES and not self.probing and self.next_probe_at is not None:
+            times.append(self.next_probe_at)
+        return min((t for t in times if t is not None), default=None)
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Run this worker (start-up, reload, or a retry falling due)."""
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """A running container with the wanted spec exists: follow it instead of starting one."""
+
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Pulled:
+    pass
+
+
+@dataclass(frozen=True)
+class PullFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Started:
+    container_id: str
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Probed:
+    result: ProbeResult
+
+
+@dataclass(frozen=True)
+class Died:
+    container_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Stopped:
+    pass
+
+
+Event = (
+    Launch
+    | Adopt
+    | Pulled
+    | PullFailed
+    | Started
+    | StartFailed
+    | Probed
+    | Died
+    | Tick
+    | Stop
+    | Stopped
+)
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pull:
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    pass
+
+
+@dataclass(frozen=True)
+class Probe:
+    pass
+
+
+@dataclass(frozen=True)
+class Discard:
+    """Stop (briefly) and remove a container that is being replaced."""
+
+    container_id: str
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    container_id: str
+
+
+Action = Pull | Run | Probe | Discard | StopContainer
+
+
+def initial(now: float, *, managed: bool) -> Status:
+    return Status(State.COLD, since=now, managed=managed)
+
+
+def decide(status: Status, event: Event, now: float, policy: Policy) -> tuple[Status, list[Action]]:
+    """The next status and the actions to perform, in order."""
+    match event:
+        case Launch():
+            return _launch(status, now)
+        case Adopt(container_id):
+            return _starting(status, now, container_id, reason="adopted running container")
+        case Pulled() if status.state is State.PULLING:
+            return _move(status, State.STARTING, now, reason=""), [Run()]
+        case PullFailed(reason) if status.state is State.PULLING:
+            return _failure(status, now, policy, reason, state=State.FAILED)
+        case Started(container_id) if status.state is State.STARTING:
+            return _starting(status, now, container_id, reason="")
+        case StartFailed(reason) if status.state is State.STARTING:
+            return _failure(status, now, policy, reason, state=State.FAILED)
+        case Probed(result):
+            return _probed(replace(status, probing=False, last_probe=result), result, now, policy)
+        case Died(container_id, reason) if container_id == status.container_id:
+            return _died(status, now, policy, reason)
+        case Tick():
+            return _tick(status, now, policy)
+        case Stop():
+            if status.container_id and status.managed:
+                return _move(status, State.STOPPING, now), [StopContainer(status.container_id)]
+            return _move(status, State.STOPPED, now, container_id=None), []
+        case Stopped():
+            return _move(status, State.STOPPED, now, container_id=None), []
+    return status, []
+
+
+def _launch(status: Status, now: float) -> tuple[Status, list[Action]]:
+    if not status.managed:
+        return _starting(status, now, None, reason="")
+    actions: list[Action] = []
+    if status.container_id:
+        actions.append(Discard(status.container_id))
+    return _move(status, State.PULLING, now, container_id=None, next_attempt_at=None), [
+        *actions,
+        Pull(),
+    ]
+
+
+def _starting(
+    status: Status, now: float, container_id: str | None, reason: str
+) -> tuple[Status, list[Action]]:
+    moved = _move(
+        status,
+        State.STARTING,
+        now,
+        reason=reason,
+        container_id=container_id,
+        started_at=now,
+        failures=0,
+        probing=True,
+        next_probe_at=now,
+    )
+    return moved, [Probe()]
+
+
+def _probed(
+    status: Status, result: ProbeResult, now: float, policy: Policy
+) -> tuple[Status, list[Action]]:
+    if status.state not in PROBED_STATES:
+        return status, []
+    interval = (
+        policy.startup_probe_interval if status.state is State.STARTING else policy.probe_interval
+    )
+    status = replace(status, next_probe_at=now + interval)
+    verdict = result.verdict
+    if verdict is Verdict.WARM:
+        return _healthy(status, now, policy), []
+    if verdict is Verdict.ERROR and status.managed:
+        return _failure(status, now, policy, f"worker reported ERROR ({result.detail})")
+    if status.state is State.STARTING:
+        return _still_starting(status, result, now, policy)
+    failures = status.failures + 1
+    if status.state is State.WARM:
+        if failures < policy.failure_threshold:
+            return replace(status, failures=failures), []
+        reason = f"{failures} failed health probes: {result.detail}"
+        return _move(
+            status, State.UNHEALTHY, now, reason=reason, failures=failures, unhealthy_since=now
+        ), []
+    unhealthy_for = now - (status.unhealthy_since or now)
+    if status.managed and unhealthy_for >= policy.unhealthy_restart_after:
+        return _failure(
+            status, now, policy, f"unhealthy for {unhealthy_for:.0f} s: {result.detail}"
+        )
+    return replace(
+        status, failures=failures, reason=f"{failures} failed health probes: {result.detail}"
+    ), []
+
+
+def _healthy(status: Status, now: float, policy: Policy) -> Status:
+    if status.state is State.WARM:
+        warm_for = now - (status.warm_since or now)
+        streak = 0 if warm_for >= policy.backoff_reset_after else status.crash_streak
+        return replace(status, failures=0, crash_streak=streak)
+    return _move(
+        status, State.WARM, now, reason="", failures=0, warm_since=now, unhealthy_since=None
+    )
+
+
+def _still_starting(
+    status: Status, result: ProbeResult, now: float, policy: Policy
+) -> tuple[Status, list[Action]]:
+    waited = now - (status.started_at or now)
+    if status.managed and waited > policy.startup_timeout:
+        return _failure(
+            status,
+            now,
+            policy,
+            f"not healthy {policy.startup_timeout:g} s after start (last: {result.detail})",
+        )
+    return replace(status, reason=result.detail), []
+
+
+def _died(status: Status, now: float, policy: Policy, reason: str) -> tuple[Status, list[Action]]:
+    if status.state is State.STOPPING:
+        return _move(status, State.STOPPED, now, container_id=None), []
+    if status.state in (State.STARTING, State.WARM, State.UNHEALTHY):
+        return _failure(status, now, policy, reason)
+    return status, []
+
+
+def _failure(
+    status: Status, now: float, policy: Policy, reason: str, state: State = State.BACKOFF
+) -> tuple[Status, list[Action]]:
+    """Withdraw, discard the container, and schedule the next attempt on the back-off."""
+    streak = status.crash_streak + 1
+    delay = backoff_delay(streak, policy)
+    actions: list[Action] = [Discard(status.container_id)] if status.container_id else []
+    failed = _move(
+        status,
+        state,
+        now,
+        reason=reason,
+        container_id=None,
+        crash_streak=streak,
+        next_attempt_at=now + delay,
+        probing=False,
+        failures=0,
+    )
+    if delay == 0:
+        relaunched, more = _launch(replace(failed, restarts=failed.restarts + 1), now)
+        return replace(relaunched, reason=reason), [*actions, *more]
+    return failed, actions
+
+
+def _tick(status: Status, now: float, policy: Policy) -> tuple[Status, list[Action]]:
+    if status.state in (State.BACKOFF, State.FAILED):
+        if status.next_attempt_at is not None and now >= status.next_attempt_at:
+            return _launch(replace(status, restarts=status.restarts + 1), now)
+        return status, []
+    due = status.next_probe_at is not None and now >= status.next_probe_at
+    if status.state in PROBED_STATES and not status.probing and due:
+        return replace(status, probing=True), [Probe()]
+    return status, []
+
+
+def _move(status: Status, state: State, now: float, **changes: object) -> Status:
+    since = now if state is not status.state else status.since
+    return replace(status, state=state, since=since, **changes)  # type: ignore[arg-type]
