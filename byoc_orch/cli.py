@@ -19,7 +19,6 @@ from byoc_orch.settings import Settings, SettingsError, load_settings
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_UNAVAILABLE = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def _settings_flags() -> argparse.ArgumentParser:
@@ -115,40 +114,20 @@ def _engine(settings: Settings) -> Any:
 
 
 async def _run(settings: Settings) -> int:
-    """Pre-flight only, for now: the supervising daemon is not part of this version."""
+    """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
     from byoc_orch.aimodels import ModelsFileError, load_models
-    from byoc_orch.engine import EngineError
+    from byoc_orch.server import serve
 
     try:
         models = load_models(settings.models_path, reserved_ports=_reserved(settings))
     except ModelsFileError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(f"error: {problem}", file=sys.stderr)
         print(f"{settings.models_path} is invalid; nothing was started", file=sys.stderr)
         return EXIT_INVALID
-    except OSError as exc:
-        print(f"byoc-orch: cannot read {settings.models_path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_INVALID
-    engine = _engine(settings)
-    try:
-        info = await engine.connect()
-        containers = await engine.list_containers()
-    except EngineError as exc:
-        print(f"byoc-orch: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    finally:
-        await engine.close()
-    print(
-        f"pre-flight ok: {len(models.entries)} entries in {settings.models_path}; Docker "
-        f"{info.server_version} at {settings.docker_host}; {len(containers)} container(s) of "
-        f"instance '{settings.instance}'"
-    )
-    print(
-        "byoc-orch run: supervising workers is not implemented in this version yet; "
-        "nothing was started",
-        file=sys.stderr,
-    )
-    return EXIT_NOT_IMPLEMENTED
+    for warning in models.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return await serve(settings, models)
 
 
 async def _status(settings: Settings) -> int:
