@@ -78,7 +78,12 @@ class CapabilityRegistry:
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` on every change; returns the function that unsubscribes."""
         self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
 
     def set_warm(self, capability: Capability) -> None:
         if self._warm.get(capability.worker_id) == capability:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -130,7 +131,7 @@ class Daemon:
             registry=self.registry,
             policy=self.policy
             if entry.startup_timeout is None
-            else Policy(**{**self.policy.__dict__, "startup_timeout": entry.startup_timeout}),
+            else replace(self.policy, startup_timeout=entry.startup_timeout),
             proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",
             probe_timeout=self.settings.probe_timeout,
             stop_timeout=self.settings.stop_timeout,
@@ -141,9 +142,9 @@ class Daemon:
         """Withdraw every capability first, then stop following workers; by default the
         containers keep running so the next start adopts them."""
         self.ready = False
-        closing = [asyncio.create_task(w.close()) for w in self.workers.values()]
+        halted = [task for worker in self.workers.values() for task in worker.halt()]
         self.registry.withdraw_all()
-        await asyncio.gather(*closing)
+        await asyncio.gather(*halted, return_exceptions=True)
         if self.settings.stop_containers_on_exit:
             await asyncio.gather(
                 *(

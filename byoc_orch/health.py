@@ -8,6 +8,7 @@ probe.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def classify(http_status: int, body: bytes) -> tuple[Verdict, str, str | None]:
     try:
         payload = json.loads(body)
         reported = payload.get("status") if isinstance(payload, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         reported = None
     if isinstance(reported, str):
         word = reported.strip().lower()
@@ -65,9 +66,10 @@ async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> ProbeRes
     """One GET of the health URL; never raises."""
     started = time.perf_counter()
     try:
-        reply = await client.get(url, timeout=timeout)
-        body = reply.content
-    except httpx.TimeoutException:
+        async with asyncio.timeout(timeout):  # httpx's timeout is per step, not per request
+            reply = await client.get(url, timeout=timeout)
+            body = reply.content
+    except (httpx.TimeoutException, TimeoutError):
         return _failed(f"no answer within {timeout:g} s", started)
     except httpx.ConnectError:
         return _failed("connection refused", started)

@@ -21,7 +21,7 @@ from byoc_orch.aimodels import ModelEntry
 from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import Engine, EngineError
-from byoc_orch.health import probe
+from byoc_orch.health import ProbeResult, Verdict, probe
 from byoc_orch.worker_state import (
     Action,
     Discard,
@@ -98,15 +98,19 @@ class Worker:
     def post(self, event: Event) -> None:
         self._events.put_nowait(event)
 
-    async def close(self) -> None:
-        """Stop following the worker; the container itself is left as it is."""
+    def halt(self) -> list[asyncio.Task[None]]:
+        """Cancel the worker's tasks at once: no state change is published after this."""
         tasks = [*self._tasks, *([self._probe] if self._probe else [])]
         for task in tasks:
             task.cancel()
-        for task in tasks:
+        self._tasks, self._probe = [], None
+        return tasks
+
+    async def close(self) -> None:
+        """Stop following the worker; the container itself is left as it is."""
+        for task in self.halt():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._tasks = []
 
     async def wait_for(self, predicate: Callable[[Status], bool], timeout: float) -> Status:
         """Wait until the status satisfies `predicate` (used by shutdown and tests)."""
@@ -172,7 +176,12 @@ class Worker:
             self._registry.withdraw(self.worker_id)
 
     async def _run_probe(self) -> None:
-        self.post(Probed(await probe(self._http, self.health_url, self._probe_timeout)))
+        target = self.status.container_id
+        try:
+            result = await probe(self._http, self.health_url, self._probe_timeout)
+        except Exception as exc:  # a probe must always answer, or probing would stop
+            result = ProbeResult(Verdict.FAILED, f"probe error: {type(exc).__name__}")
+        self.post(Probed(result, target))
 
     async def _act(self) -> None:
         while True:
@@ -231,6 +240,7 @@ class Worker:
             "state": str(status.state),
             "since": _iso(status.since),
             "reason": status.reason or None,
+            "last_failure": status.last_failure or None,
             "advertised": status.advertised,
             "url": self.proxy_url,
             "upstream": self.health_url.removesuffix(entry.health_path),

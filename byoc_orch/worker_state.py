@@ -60,6 +60,7 @@ class Status:
     since: float
     managed: bool = True
     reason: str = ""
+    last_failure: str = ""
     container_id: str | None = None
     restarts: int = 0
     crash_streak: int = 0
@@ -79,7 +80,8 @@ class Status:
     def next_wake(self) -> float | None:
         """When a Tick is next needed, or None when only an event can change anything."""
         times = [self.next_attempt_at] if self.state in (State.BACKOFF, State.FAILED) else []
-        if self.state in PROBED_STATES and not self.probing and self.next_probe_at is not None:
+        has_target = self.container_id is not None or not self.managed
+        if self.state in PROBED_STATES and not self.probing and has_target:
             times.append(self.next_probe_at)
         return min((t for t in times if t is not None), default=None)
 
@@ -121,7 +123,11 @@ class StartFailed:
 
 @dataclass(frozen=True)
 class Probed:
+    """A probe's result; `container_id` says which container it was taken of, so a result
+    about a container already replaced is dropped (None: not known, accepted)."""
+
     result: ProbeResult
+    container_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,11 +213,15 @@ def decide(status: Status, event: Event, now: float, policy: Policy) -> tuple[St
             return _move(status, State.STARTING, now, reason=""), [Run()]
         case PullFailed(reason) if status.state is State.PULLING:
             return _failure(status, now, policy, reason, state=State.FAILED)
-        case Started(container_id) if status.state is State.STARTING:
+        case Started(container_id) if status.state is State.STARTING and not status.container_id:
             return _starting(status, now, container_id, reason="")
+        case Started(container_id):
+            return status, [Discard(container_id)]  # stopped or replaced while it started
         case StartFailed(reason) if status.state is State.STARTING:
             return _failure(status, now, policy, reason, state=State.FAILED)
-        case Probed(result):
+        case Probed(result, container_id):
+            if status.managed and container_id is not None and container_id != status.container_id:
+                return status, []
             return _probed(replace(status, probing=False, last_probe=result), result, now, policy)
         case Died(container_id, reason) if container_id == status.container_id:
             return _died(status, now, policy, reason)
@@ -232,10 +242,18 @@ def _launch(status: Status, now: float) -> tuple[Status, list[Action]]:
     actions: list[Action] = []
     if status.container_id:
         actions.append(Discard(status.container_id))
-    return _move(status, State.PULLING, now, container_id=None, next_attempt_at=None), [
-        *actions,
-        Pull(),
-    ]
+    pulling = _move(
+        status,
+        State.PULLING,
+        now,
+        container_id=None,
+        next_attempt_at=None,
+        started_at=None,
+        next_probe_at=None,
+        probing=False,
+        failures=0,
+    )
+    return pulling, [*actions, Pull()]
 
 
 def _starting(
@@ -260,15 +278,25 @@ def _probed(
 ) -> tuple[Status, list[Action]]:
     if status.state not in PROBED_STATES:
         return status, []
-    interval = (
-        policy.startup_probe_interval if status.state is State.STARTING else policy.probe_interval
-    )
-    status = replace(status, next_probe_at=now + interval)
+    after, actions = _judge(status, result, now, policy)
+    if after.state in PROBED_STATES:
+        interval = (
+            policy.startup_probe_interval
+            if after.state is State.STARTING
+            else policy.probe_interval
+        )
+        after = replace(after, next_probe_at=now + interval)
+    return after, actions
+
+
+def _judge(
+    status: Status, result: ProbeResult, now: float, policy: Policy
+) -> tuple[Status, list[Action]]:
     verdict = result.verdict
     if verdict is Verdict.WARM:
         return _healthy(status, now, policy), []
     if verdict is Verdict.ERROR and status.managed:
-        return _failure(status, now, policy, f"worker reported ERROR ({result.detail})")
+        return _failure(status, now, policy, result.detail)
     if status.state is State.STARTING:
         return _still_starting(status, result, now, policy)
     failures = status.failures + 1
@@ -279,7 +307,7 @@ def _probed(
         return _move(
             status, State.UNHEALTHY, now, reason=reason, failures=failures, unhealthy_since=now
         ), []
-    unhealthy_for = now - (status.unhealthy_since or now)
+    unhealthy_for = now - _or(status.unhealthy_since, now)
     if status.managed and unhealthy_for >= policy.unhealthy_restart_after:
         return _failure(
             status, now, policy, f"unhealthy for {unhealthy_for:.0f} s: {result.detail}"
@@ -291,7 +319,7 @@ def _probed(
 
 def _healthy(status: Status, now: float, policy: Policy) -> Status:
     if status.state is State.WARM:
-        warm_for = now - (status.warm_since or now)
+        warm_for = now - _or(status.warm_since, now)
         streak = 0 if warm_for >= policy.backoff_reset_after else status.crash_streak
         return replace(status, failures=0, crash_streak=streak)
     return _move(
@@ -302,7 +330,7 @@ def _healthy(status: Status, now: float, policy: Policy) -> Status:
 def _still_starting(
     status: Status, result: ProbeResult, now: float, policy: Policy
 ) -> tuple[Status, list[Action]]:
-    waited = now - (status.started_at or now)
+    waited = now - _or(status.started_at, now)
     if status.managed and waited > policy.startup_timeout:
         return _failure(
             status,
@@ -333,6 +361,7 @@ def _failure(
         state,
         now,
         reason=reason,
+        last_failure=reason,
         container_id=None,
         crash_streak=streak,
         next_attempt_at=now + delay,
@@ -351,9 +380,14 @@ def _tick(status: Status, now: float, policy: Policy) -> tuple[Status, list[Acti
             return _launch(replace(status, restarts=status.restarts + 1), now)
         return status, []
     due = status.next_probe_at is not None and now >= status.next_probe_at
-    if status.state in PROBED_STATES and not status.probing and due:
+    has_target = status.container_id is not None or not status.managed
+    if status.state in PROBED_STATES and not status.probing and due and has_target:
         return replace(status, probing=True), [Probe()]
     return status, []
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _move(status: Status, state: State, now: float, **changes: object) -> Status:

@@ -190,7 +190,7 @@ async def test_killed_container_is_withdrawn_before_a_poll_and_comes_back(
         await eventually(lambda: not daemon.registry.is_warm(worker.worker_id), within=5)
         withdrawn_after = time.monotonic() - killed_at
         assert withdrawn_after < 5, "the 30 s poll cannot have noticed; the die event did"
-        assert "137" in worker.status.reason
+        assert "137" in worker.status.last_failure
         await eventually(
             lambda: (
                 worker.status.state is State.WARM and worker.status.container_id != container_id
@@ -426,7 +426,8 @@ async def test_run_command_serves_then_adopts_after_sigterm(
                 workers = (await client.get(f"{base}/workers", timeout=1)).json()
         except httpx.HTTPError:
             return None
-        return workers[0]["container_id"] if workers[0]["state"] == "warm" else None
+        warm = [w["container_id"] for w in workers if w["state"] == "warm"]
+        return warm[0] if warm else None
 
     ids = []
     for _ in range(2):

@@ -1,0 +1,203 @@
+"""Reading /health answers, and asking a real loopback server for them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from byoc_orch.health import Verdict, classify, probe
+
+
+def body(payload: object) -> bytes:
+    return json.dumps(payload).encode()
+
+
+# -- classify --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("word", ["ok", "OK", "IDLE", "idle", " Idle "])
+def test_warm_words_are_warm(word: str) -> None:
+    verdict, detail, reported = classify(200, body({"status": word}))
+    assert verdict is Verdict.WARM
+    assert reported == word
+    assert detail == word
+
+
+def test_loading_on_200_is_loading() -> None:
+    verdict, detail, reported = classify(200, body({"status": "LOADING"}))
+    assert verdict is Verdict.LOADING
+    assert reported == "LOADING"
+    assert "LOADING" in detail
+
+
+def test_loading_on_503_is_loading() -> None:
+    verdict, _, reported = classify(503, body({"status": "loading"}))
+    assert verdict is Verdict.LOADING
+    assert reported == "loading"
+
+
+def test_error_on_200_is_error() -> None:
+    verdict, detail, reported = classify(200, body({"status": "ERROR"}))
+    assert verdict is Verdict.ERROR
+    assert reported == "ERROR"
+    assert "ERROR" in detail
+
+
+def test_error_on_500_is_error() -> None:
+    verdict, _, reported = classify(500, body({"status": "error"}))
+    assert verdict is Verdict.ERROR
+    assert reported == "error"
+
+
+def test_warm_word_on_a_non_200_is_not_warm() -> None:
+    verdict, detail, reported = classify(503, body({"status": "ok"}))
+    assert verdict is Verdict.FAILED
+    assert detail == "HTTP 503"
+    assert reported == "ok"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"", b"\xff\xfe\x00garbage", body(["ok"]), body({"state": "ok"}), body("ok")],
+    ids=["text", "empty", "binary", "list", "no-status", "bare-string"],
+)
+def test_unreadable_bodies_fail(raw: bytes) -> None:
+    verdict, detail, reported = classify(200, raw)
+    assert verdict is Verdict.FAILED
+    assert "unreadable body" in detail
+    assert reported is None
+
+
+def test_unknown_status_word_fails() -> None:
+    verdict, detail, reported = classify(200, body({"status": "warming-up"}))
+    assert verdict is Verdict.FAILED
+    assert "unknown status" in detail
+    assert "warming-up" in detail
+    assert reported == "warming-up"
+
+
+def test_non_string_status_fails() -> None:
+    verdict, _, reported = classify(200, body({"status": 1}))
+    assert verdict is Verdict.FAILED
+    assert reported == "1"
+
+
+def test_not_found_fails_with_the_status_code() -> None:
+    verdict, detail, reported = classify(404, b"404 page not found")
+    assert verdict is Verdict.FAILED
+    assert detail == "HTTP 404"
+    assert reported is None
+
+
+# -- probe against a loopback server ---------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+        pass
+
+
+def answering(status_line: str, payload: bytes) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            f"HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        await writer.drain()
+        writer.close()
+
+    return handle
+
+
+def silent(stop: asyncio.Event) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await stop.wait()  # never answers
+        writer.close()
+
+    return handle
+
+
+async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/health"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as http:
+        yield http
+
+
+async def test_probe_good_answer_is_warm(client: httpx.AsyncClient) -> None:
+    server, url = await serve(answering("200 OK", body({"status": "IDLE"})))
+    async with server:
+        result = await probe(client, url, timeout=5.0)
+    assert result.verdict is Verdict.WARM
+    assert result.http_status == 200
+    assert result.reported == "IDLE"
+    assert result.latency > 0
+    assert result.at > 0
+
+
+async def test_probe_loading_on_503(client: httpx.AsyncClient) -> None:
+    server, url = await serve(answering("503 Service Unavailable", body({"status": "LOADING"})))
+    async with server:
+        result = await probe(client, url, timeout=5.0)
+    assert result.verdict is Verdict.LOADING
+    assert result.http_status == 503
+
+
+async def test_probe_silent_server_times_out(client: httpx.AsyncClient) -> None:
+    stop = asyncio.Event()
+    server, url = await serve(silent(stop))
+    async with server:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await probe(client, url, timeout=0.2)
+        elapsed = loop.time() - started
+        stop.set()
+    assert result.verdict is Verdict.FAILED
+    assert result.detail == "no answer within 0.2 s"
+    assert result.http_status is None
+    assert 0.15 <= elapsed < 3.0
+    assert result.latency >= 0.15
+
+
+async def test_probe_closed_port_is_refused(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        # Bound but not listening: connecting is refused.
+        result = await probe(client, f"http://127.0.0.1:{port}/health", timeout=2.0)
+    assert result.verdict is Verdict.FAILED
+    assert result.detail == "connection refused"
+    assert result.http_status is None
+
+
+async def test_probe_never_raises_on_a_dropped_connection(client: httpx.AsyncClient) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.close()
+
+    server, url = await serve(hang_up)
+    async with server:
+        result = await probe(client, url, timeout=2.0)
+    assert result.verdict is Verdict.FAILED
+    assert result.detail
+    assert result.http_status is None
+
+
+def test_deeply_nested_body_is_a_failed_probe() -> None:
+    verdict, _, _ = classify(200, b"[" * 100_000)
+    assert verdict is Verdict.FAILED

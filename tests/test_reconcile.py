@@ -1,0 +1,80 @@
+"""Start-up reconcile: adopt, replace or remove our containers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from byoc_orch.reconcile import Plan, plan
+
+
+@dataclass(frozen=True)
+class Box:
+    id: str
+    worker_id: str
+    spec_hash: str
+    running: bool = True
+
+
+def test_running_with_matching_hash_is_adopted() -> None:
+    result = plan({"w1": "h1"}, [Box("c1", "w1", "h1")])
+    assert result == Plan(adopt={"w1": "c1"}, launch=(), remove=())
+
+
+def test_changed_hash_is_replaced() -> None:
+    result = plan({"w1": "h2"}, [Box("c1", "w1", "h1")])
+    assert result.adopt == {}
+    assert result.remove == ("c1",)
+    assert result.launch == ("w1",)
+
+
+def test_not_running_is_replaced() -> None:
+    result = plan({"w1": "h1"}, [Box("c1", "w1", "h1", running=False)])
+    assert result.adopt == {}
+    assert result.remove == ("c1",)
+    assert result.launch == ("w1",)
+
+
+def test_unwanted_container_is_removed() -> None:
+    result = plan({}, [Box("c1", "gone", "h1"), Box("c2", "gone-too", "h2", running=False)])
+    assert result == Plan(adopt={}, launch=(), remove=("c1", "c2"))
+
+
+def test_two_containers_for_one_worker_keep_one() -> None:
+    result = plan({"w1": "h1"}, [Box("c1", "w1", "h1"), Box("c2", "w1", "h1")])
+    assert result.adopt == {"w1": "c1"}
+    assert result.remove == ("c2",)
+    assert result.launch == ()
+
+
+def test_a_stale_duplicate_does_not_block_adopting_the_good_one() -> None:
+    result = plan(
+        {"w1": "h1"},
+        [Box("old", "w1", "h0"), Box("dead", "w1", "h1", running=False), Box("good", "w1", "h1")],
+    )
+    assert result.adopt == {"w1": "good"}
+    assert sorted(result.remove) == ["dead", "old"]
+    assert result.launch == ()
+
+
+def test_wanted_with_nothing_existing_is_launched() -> None:
+    result = plan({"w1": "h1", "w2": "h2"}, [])
+    assert result == Plan(adopt={}, launch=("w1", "w2"), remove=())
+
+
+def test_mixed() -> None:
+    result = plan(
+        {"keep": "k", "change": "new", "fresh": "f"},
+        [
+            Box("c-keep", "keep", "k"),
+            Box("c-change", "change", "old"),
+            Box("c-orphan", "orphan", "o"),
+        ],
+    )
+    assert result.adopt == {"keep": "c-keep"}
+    assert result.launch == ("change", "fresh")
+    assert result.remove == ("c-change", "c-orphan")
+
+
+def test_accepts_any_iterable() -> None:
+    result = plan({"w1": "h1"}, (box for box in [Box("c1", "w1", "h1")]))
+    assert result.adopt == {"w1": "c1"}
