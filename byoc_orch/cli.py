@@ -98,21 +98,6 @@ def _version() -> int:
     return EXIT_OK
 
 
-def _engine(settings: Settings) -> Any:
-    import os
-
-    from byoc_orch.engine import Engine
-
-    return Engine(
-        docker_host=settings.docker_host,
-        instance=settings.instance,
-        timeout=settings.docker_timeout,
-        docker_config=settings.docker_config,
-        pull_progress_interval=settings.pull_progress_interval,
-        environment=os.environ,
-    )
-
-
 async def _run(settings: Settings) -> int:
     """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
     from byoc_orch.aimodels import ModelsFileError, load_models
@@ -132,9 +117,10 @@ async def _run(settings: Settings) -> int:
 
 async def _status(settings: Settings) -> int:
     """This instance's containers as the engine sees them."""
+    from byoc_orch.daemon import engine_for
     from byoc_orch.engine import EngineError
 
-    engine = _engine(settings)
+    engine = engine_for(settings)
     try:
         containers = await engine.list_containers()
     except EngineError as exc:

@@ -8,6 +8,7 @@ across a daemon restart; `ready` turns true only once every entry has been set o
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,6 +42,17 @@ def policy_from(settings: Settings) -> Policy:
     )
 
 
+def engine_for(settings: Settings) -> Engine:
+    return Engine(
+        docker_host=settings.docker_host,
+        instance=settings.instance,
+        timeout=settings.docker_timeout,
+        docker_config=settings.docker_config,
+        pull_progress_interval=settings.pull_progress_interval,
+        environment=os.environ,
+    )
+
+
 class Daemon:
     def __init__(
         self,
@@ -52,13 +64,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.models = models
-        self.engine = engine or Engine(
-            docker_host=settings.docker_host,
-            instance=settings.instance,
-            timeout=settings.docker_timeout,
-            docker_config=settings.docker_config,
-            pull_progress_interval=settings.pull_progress_interval,
-        )
+        self.engine = engine or engine_for(settings)
         self.registry = CapabilityRegistry()
         self.policy = policy_from(settings)
         self.workers: dict[str, Worker] = {}

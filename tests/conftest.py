@@ -8,12 +8,15 @@ elsewhere, saying how to bring them up.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -113,6 +116,22 @@ async def engine(harness: Harness, instance: str) -> AsyncIterator[Engine]:
     eng = Engine(docker_host=harness.docker_host, instance=instance, timeout=60)
     yield eng
     await eng.close()
+
+
+async def eventually(
+    check: Callable[[], Any | Awaitable[Any]], within: float = 20.0, what: str = ""
+) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy, or fail after `within`."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what or check}")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

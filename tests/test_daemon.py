@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -10,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from byoc_orch.daemon import Daemon
 from byoc_orch.settings import Settings
 from byoc_orch.worker import Worker
 from byoc_orch.worker_state import State
-from tests.conftest import ROOT, Harness, free_port
+from tests.conftest import ROOT, Harness, eventually, free_port
 
 pytestmark = pytest.mark.engine
 
@@ -76,21 +75,6 @@ async def running(
         yield daemon
     finally:
         await daemon.stop()
-
-
-async def eventually(
-    check: Callable[[], Any | Awaitable[Any]], within: float = 20.0, what: str = ""
-) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what or check}")
-        await asyncio.sleep(0.02)
 
 
 def only(daemon: Daemon) -> Worker:

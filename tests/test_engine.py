@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,7 @@ from byoc_orch.engine import (
     RegistryUnreachable,
 )
 from byoc_orch.image_ref import parse_image_ref
-from tests.conftest import Harness, free_port
+from tests.conftest import Harness, eventually, free_port
 from tests.unix_proxy import UnixProxy
 
 pytestmark = pytest.mark.engine
@@ -68,19 +67,6 @@ def sleeper(harness: Harness, instance: str, **fields: Any) -> ContainerSpec:
     fields.setdefault("command", ["sh", "-c", "env; exec sleep 300"])
     fields.setdefault("gpus", "none")
     return make_spec(harness.busybox_image, instance, **fields)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
 
 
 def push_fresh_image(client: docker.DockerClient, source: str, registry: str) -> str:
@@ -209,7 +195,7 @@ async def container_logs(docker_client: docker.DockerClient, container_id: str, 
         logs = docker_client.containers.get(container_id).logs().decode()
         return logs if needle in logs else ""
 
-    return str(await wait_until(has_needle, what=f"{needle!r} in the container's output"))
+    return str(await eventually(has_needle, what=f"{needle!r} in the container's output"))
 
 
 async def test_gpus_all_launches_through_the_nvidia_hook(
@@ -295,7 +281,7 @@ async def test_worker_env_labels_and_loopback_port(
         except httpx.HTTPError:
             return False
 
-    await wait_until(healthy, what="the demo worker's /health on the published port")
+    await eventually(healthy, what="the demo worker's /health on the published port")
     outside = _non_loopback_address()
     if outside is not None:
         with pytest.raises(OSError), socket.create_connection((outside, port), timeout=1):
