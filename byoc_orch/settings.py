@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Seconds between /health probes of a warm worker."
     )
     startup_probe_interval: float = Field(
-        default=0.25, gt=0, description="Seconds between /health probes while a worker starts."
+        default=0.1, gt=0, description="Seconds between /health probes while a worker starts."
     )
     probe_timeout: float = Field(default=1.0, gt=0, description="Seconds one probe may take.")
     failure_threshold: int = Field(

@@ -37,7 +37,7 @@ PROBED_STATES = frozenset({State.STARTING, State.WARM, State.UNHEALTHY})
 
 @dataclass(frozen=True)
 class Policy:
-    startup_probe_interval: float = 0.25
+    startup_probe_interval: float = 0.1
     probe_interval: float = 1.0
     failure_threshold: int = 3
     unhealthy_restart_after: float = 30.0

@@ -2,7 +2,7 @@
 
 Run with `.venv/bin/python -m tests.bench.supervision [--trials N] [--json PATH]` after
 `bash scripts/test-env.sh`. Prints a table and writes JSON. Default settings are the daemon's
-own (probe every 1 s, start-up probe every 0.25 s); only the restart back-off is shortened so
+own (probe every 1 s, start-up probe every 0.1 s); only the restart back-off is shortened so
 repeated kills do not wait minutes between trials.
 """
 
@@ -22,6 +22,7 @@ import docker
 from byoc_orch.aimodels import parse_models
 from byoc_orch.capabilities import Change
 from byoc_orch.daemon import Daemon
+from byoc_orch.logging import configure_logging
 from byoc_orch.settings import Settings
 from byoc_orch.worker_state import State
 from tests.conftest import _read_harness_env, free_port
@@ -56,6 +57,18 @@ def ready_ts(client: docker.DockerClient, container_id: str) -> float:
     raise RuntimeError("worker printed no ready line")
 
 
+def die_event_time(client: docker.DockerClient, container_id: str, since: float) -> float:
+    """When dockerd emitted the container's `die` event (its own timestamp)."""
+    for event in client.events(
+        since=int(since) - 1,
+        until=int(time.time()) + 1,
+        filters={"container": container_id, "event": "die"},
+        decode=True,
+    ):
+        return float(event["timeNano"]) / 1e9
+    raise RuntimeError("no die event")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -66,6 +79,7 @@ async def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("bench-supervision.json"))
     args = parser.parse_args()
+    configure_logging("warning", "console")
     env = _read_harness_env()
     client = docker.DockerClient(base_url=env["BYOC_TEST_DOCKER_HOST"])
     instance = f"bench{uuid.uuid4().hex[:6]}"
@@ -80,6 +94,7 @@ async def main() -> None:
     )
     listed_after: list[float] = []
     withdrawn_after: list[float] = []
+    event_to_withdrawn: list[float] = []
     events: dict[str, float] = {}
 
     def record(change: Change) -> None:
@@ -100,9 +115,13 @@ async def main() -> None:
             cid = worker.status.container_id
             listed_after.append(events[f"added:{worker.worker_id}"] - ready_ts(client, cid))
             killed = time.time()
-            client.containers.get(cid).kill()
+            # In a thread: a blocking call here would hold the daemon's event loop.
+            await asyncio.to_thread(client.api.kill, cid)
             await until(lambda: f"removed:{worker.worker_id}" in events)
-            withdrawn_after.append(events.pop(f"removed:{worker.worker_id}") - killed)
+            removed_at = events.pop(f"removed:{worker.worker_id}")
+            withdrawn_after.append(removed_at - killed)
+            died_at = die_event_time(client, cid, killed)
+            event_to_withdrawn.append(removed_at - died_at)
             events.pop(f"added:{worker.worker_id}", None)
             await until(lambda c=cid: worker.status.container_id not in (None, c))
     finally:
@@ -110,7 +129,9 @@ async def main() -> None:
 
     restart: dict[int, dict[str, float]] = {}
     for n in (1, 4, 8):
-        models = parse_models(json.dumps(entries(env["BYOC_TEST_WORKER_IMAGE"], n, 1.0)), "b")
+        models = parse_models(
+            json.dumps(entries(env["BYOC_TEST_WORKER_IMAGE"], n, 1.0)), source="b"
+        )
         first = Daemon(settings.model_copy(update={"instance": f"{instance}n{n}"}), models)
         await first.start()
         await until(lambda d=first: all(w.status.state is State.WARM for w in d.workers.values()))
@@ -137,6 +158,10 @@ async def main() -> None:
             "p50": statistics.median(listed_after) * 1000,
             "p99": pct(listed_after, 0.99) * 1000,
         },
+        "die_event_to_withdrawn_ms": {
+            "p50": statistics.median(event_to_withdrawn) * 1000,
+            "p99": pct(event_to_withdrawn, 0.99) * 1000,
+        },
         "kill_to_withdrawn_ms": {
             "p50": statistics.median(withdrawn_after) * 1000,
             "p99": pct(withdrawn_after, 0.99) * 1000,
@@ -144,7 +169,7 @@ async def main() -> None:
         "restart_with_adoption": restart,
     }
     print(f"{'measure':<34}{'p50':>10}{'p99':>10}   trials={args.trials}")
-    for key in ("healthy_to_listed_ms", "kill_to_withdrawn_ms"):
+    for key in ("healthy_to_listed_ms", "kill_to_withdrawn_ms", "die_event_to_withdrawn_ms"):
         print(f"{key:<34}{results[key]['p50']:>10.1f}{results[key]['p99']:>10.1f}")
     for n, row in restart.items():
         print(
