@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import httpx
@@ -30,16 +30,8 @@ log = structlog.get_logger("byoc_orch.daemon")
 
 
 def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        startup_probe_interval=settings.startup_probe_interval,
-        probe_interval=settings.probe_interval,
-        failure_threshold=settings.failure_threshold,
-        unhealthy_restart_after=settings.unhealthy_restart_after,
-        startup_timeout=settings.startup_timeout,
-        backoff_initial=settings.backoff_initial,
-        backoff_max=settings.backoff_max,
-        backoff_reset_after=settings.backoff_reset_after,
-    )
+    """Every Policy knob is a setting of the same name."""
+    return Policy(**{f.name: getattr(settings, f.name) for f in fields(Policy)})
 
 
 def engine_for(settings: Settings) -> Engine:
