@@ -7,16 +7,20 @@ because docker-py would otherwise follow whatever Docker CLI context the service
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 INSTANCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+SECRET_SETTINGS = frozenset({"api_token", "orch_secret"})
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -115,6 +119,55 @@ class Settings(BaseSettings):
     pull_progress_interval: float = Field(
         default=5.0, gt=0, description="Seconds between image pull progress log lines."
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token every state-changing call (session calls, reload) must carry; reads "
+            "stay open. Required when HOST is not a loopback address."
+        ),
+    )
+    proxy_connect_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds to connect to a worker container when proxying."
+    )
+    proxy_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a proxied call may wait for the worker's answer (then 504).",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest request body the session proxy accepts (larger: 413).",
+    )
+    orch_url: str | None = Field(
+        default=None,
+        description=(
+            "go-livepeer orchestrator base URL for BYOC /capability/register; with ORCH_SECRET "
+            "it enables the BYOC register advertiser."
+        ),
+    )
+    orch_secret: SecretStr | None = Field(
+        default=None,
+        description="go-livepeer's -orchSecret, sent raw in Authorization; never logged.",
+    )
+    register_refresh_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds between re-registrations of the warm set with go-livepeer, which forgets "
+            "capabilities when it restarts."
+        ),
+    )
+    register_retry_initial: float = Field(
+        default=1.0, gt=0, description="First retry delay when go-livepeer cannot be reached."
+    )
+    register_retry_max: float = Field(
+        default=30.0, gt=0, description="Cap of the retry delay when go-livepeer is down."
+    )
+    gpu_metrics: bool = Field(
+        default=True,
+        description="Read GPU gauges through NVML; without a driver there are no GPU series.",
+    )
     log_level: LogLevel = "info"
     log_format: LogFormat = Field(
         default="auto",
@@ -141,6 +194,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{path} does not exist; give the path of a Docker config.json")
         return path
 
+    @field_validator("public_url", "orch_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
@@ -161,8 +224,9 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
         lines = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
+            shown = "***" if field in SECRET_SETTINGS else repr(error.get("input"))
             lines.append(
-                f"BYOC_ORCH_{field.upper()}: {error['msg']} (got {error.get('input')!r}) — "
+                f"BYOC_ORCH_{field.upper()}: {error['msg']} (got {shown}) — "
                 f"fix the environment variable, env file or --{field.replace('_', '-')} flag"
             )
         raise SettingsError("\n".join(lines)) from None
@@ -175,3 +239,24 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
 def _env_file_from_environment() -> Path | None:
     value = os.environ.get("BYOC_ORCH_ENV_FILE")
     return Path(value) if value else None
+
+
+def require_token_off_loopback(settings: Settings) -> None:
+    """Refuse to serve session calls on a reachable address with no token guarding them."""
+    if settings.api_token is not None and settings.api_token.get_secret_value():
+        return
+    if _is_loopback(settings.host):
+        return
+    raise SettingsError(
+        f"BYOC_ORCH_HOST={settings.host} is not a loopback address and BYOC_ORCH_API_TOKEN is "
+        "not set — set BYOC_ORCH_API_TOKEN (a long random string), or bind to 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,233 @@
+"""Every Prometheus metric byoc-orch exports, in one registry per daemon.
+
+Names follow Prometheus conventions: `byoc_orch_` prefix, base units (seconds, bytes, ratios),
+`_total` counters, `_seconds` histograms. Labels are few and bounded: a worker is named by
+`pipeline` and `model_id` (an aiModels.json capability is unique), never by session or
+container id. Series for known workers are created up front so they read 0, not absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.registry import Collector
+
+from byoc_orch import __version__
+from byoc_orch.worker_state import State
+
+WORKER_STATES = tuple(str(state) for state in State)
+PROBE_FAILURE_REASONS = ("timeout", "refused", "http_status", "bad_body", "error_status", "other")
+SESSION_END_REASONS = ("stopped", "crashed", "unhealthy", "replaced", "removed", "shutdown")
+START_REFUSALS = ("not_warm", "full")
+PROXY_ROUTES = ("start", "stop", "params", "status", "passthrough")
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
+
+
+class Metrics:
+    """The daemon's metrics; tests read them back through `sample()`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        worker = ("pipeline", "model_id")
+        self.build_info = Info("byoc_orch_build", "byoc-orch version and Python.", registry=r)
+        self.build_info.info(
+            {"version": __version__, "python": platform.python_version()},
+        )
+        self.worker_state = Gauge(
+            "byoc_orch_worker_state",
+            "1 for the state each worker is in, 0 for the others.",
+            (*worker, "state"),
+            registry=r,
+        )
+        self.capabilities_warm = Gauge(
+            "byoc_orch_capabilities_warm",
+            "Capabilities currently advertised (warm workers).",
+            registry=r,
+        )
+        self.worker_capacity = Gauge(
+            "byoc_orch_worker_capacity_sessions",
+            "Concurrent sessions each worker is configured to serve.",
+            worker,
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "byoc_orch_health_probe_duration_seconds",
+            "Latency of /health probes, answered or not.",
+            worker,
+            buckets=_FAST,
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "byoc_orch_health_probe_failures_total",
+            "Failed /health probes by reason.",
+            (*worker, "reason"),
+            registry=r,
+        )
+        self.container_restarts = Counter(
+            "byoc_orch_container_restarts_total",
+            "Worker containers relaunched after a crash, an ERROR or a long unhealthy spell.",
+            worker,
+            registry=r,
+        )
+        self.time_to_warm = Histogram(
+            "byoc_orch_time_to_warm_seconds",
+            "From launching (or relaunching) a worker until its first healthy probe.",
+            worker,
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.image_pulls = Counter(
+            "byoc_orch_image_pulls_total",
+            "Image pulls by result (pulled, present: no pull needed, failed).",
+            ("result",),
+            registry=r,
+        )
+        self.image_pull_duration = Histogram(
+            "byoc_orch_image_pull_duration_seconds",
+            "Duration of image pulls that reached the registry.",
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.event_stream_reconnects = Counter(
+            "byoc_orch_docker_event_stream_reconnects_total",
+            "Times the Docker event stream was lost and re-established.",
+            registry=r,
+        )
+        self.sessions_active = Gauge(
+            "byoc_orch_sessions_active",
+            "Sessions currently running on each worker.",
+            worker,
+            registry=r,
+        )
+        self.sessions_started = Counter(
+            "byoc_orch_sessions_started_total",
+            "Sessions the worker accepted.",
+            worker,
+            registry=r,
+        )
+        self.sessions_ended = Counter(
+            "byoc_orch_sessions_ended_total",
+            "Sessions ended, by reason.",
+            (*worker, "reason"),
+            registry=r,
+        )
+        self.session_starts_refused = Counter(
+            "byoc_orch_session_starts_refused_total",
+            "Session starts refused by byoc-orch itself (503) before reaching the worker.",
+            (*worker, "reason"),
+            registry=r,
+        )
+        self.proxy_duration = Histogram(
+            "byoc_orch_proxy_request_duration_seconds",
+            "Proxied calls to workers, by route and status class.",
+            ("route", "status_class"),
+            buckets=_FAST,
+            registry=r,
+        )
+        self.advertiser_calls = Counter(
+            "byoc_orch_advertiser_calls_total",
+            "Calls to go-livepeer by advertiser, call and result.",
+            ("advertiser", "call", "result"),
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "byoc_orch_config_reloads_total",
+            "aiModels.json reloads by result (applied, rejected).",
+            ("result",),
+            registry=r,
+        )
+        self.config_loaded_timestamp = Gauge(
+            "byoc_orch_config_loaded_timestamp_seconds",
+            "Modification time of the aiModels.json currently applied.",
+            registry=r,
+        )
+        self.config_last_reload_timestamp = Gauge(
+            "byoc_orch_config_last_reload_timestamp_seconds",
+            "When the running configuration was last applied (start-up or reload).",
+            registry=r,
+        )
+        for result in ("pulled", "present", "failed"):
+            self.image_pulls.labels(result)
+        for result in ("applied", "rejected"):
+            self.config_reloads.labels(result)
+        for route in PROXY_ROUTES:
+            for status_class in STATUS_CLASSES:
+                self.proxy_duration.labels(route, status_class)
+
+    def add_worker(self, pipeline: str, model_id: str, capacity: int) -> None:
+        """Create a worker's series at zero so dashboards see it before anything happens."""
+        for state in WORKER_STATES:
+            self.worker_state.labels(pipeline, model_id, state)
+        self.worker_capacity.labels(pipeline, model_id).set(capacity)
+        self.probe_duration.labels(pipeline, model_id)
+        for reason in PROBE_FAILURE_REASONS:
+            self.probe_failures.labels(pipeline, model_id, reason)
+        self.container_restarts.labels(pipeline, model_id)
+        self.time_to_warm.labels(pipeline, model_id)
+        self.sessions_active.labels(pipeline, model_id)
+        self.sessions_started.labels(pipeline, model_id)
+        for reason in SESSION_END_REASONS:
+            self.sessions_ended.labels(pipeline, model_id, reason)
+        for reason in START_REFUSALS:
+            self.session_starts_refused.labels(pipeline, model_id, reason)
+
+    def remove_worker(self, pipeline: str, model_id: str) -> None:
+        """Drop a removed worker's series, so a reload leaves no ghosts behind."""
+        for metric, extra in (
+            (self.worker_state, WORKER_STATES),
+            (self.probe_failures, PROBE_FAILURE_REASONS),
+            (self.sessions_ended, SESSION_END_REASONS),
+            (self.session_starts_refused, START_REFUSALS),
+        ):
+            for value in extra:
+                _discard(metric, pipeline, model_id, value)
+        for metric in (
+            self.worker_capacity,
+            self.probe_duration,
+            self.container_restarts,
+            self.time_to_warm,
+            self.sessions_active,
+            self.sessions_started,
+        ):
+            _discard(metric, pipeline, model_id)
+
+    def set_state(self, pipeline: str, model_id: str, state: str) -> None:
+        for each in WORKER_STATES:
+            self.worker_state.labels(pipeline, model_id, each).set(1 if each == state else 0)
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        """The text exposition; call it off the event loop (collectors may touch NVML)."""
+        return generate_latest(self.registry)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample's current value, for tests and the status command."""
+        return self.registry.get_sample_value(name, labels or {})
+
+
+def _discard(metric: Gauge | Counter | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
+
+
+def metric_names(metrics: Metrics) -> Iterable[str]:
+    """Every sample name the registry can emit (used to check dashboards and docs)."""
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            yield sample.name
