@@ -30,13 +30,20 @@ class Capability:
     currency: str | None = None
     gateway: str | None = None
     warm_since: float = 0.0
+    in_use: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.pipeline}/{self.model_id}"
 
-    def as_aimodels_entry(self) -> dict[str, Any]:
-        """The entry in go-livepeer's aiModels.json shape, pointing at byoc-orch."""
+    @property
+    def free(self) -> int:
+        """Session slots still open on this worker."""
+        return max(self.capacity - self.in_use, 0)
+
+    def as_aimodels_entry(self, *, with_free: bool = False) -> dict[str, Any]:
+        """The entry in go-livepeer's aiModels.json shape, pointing at byoc-orch; `with_free`
+        adds `free_capacity` (go-livepeer ignores unknown keys)."""
         entry: dict[str, Any] = {
             "pipeline": self.pipeline,
             "model_id": self.model_id,
@@ -44,6 +51,8 @@ class Capability:
             "warm": True,
             "capacity": self.capacity,
         }
+        if with_free:
+            entry["free_capacity"] = self.free
         for key in ("price_per_unit", "pixels_per_unit"):
             value = getattr(self, key)
             if value is not None:
@@ -57,8 +66,29 @@ class Capability:
 
 @dataclass(frozen=True)
 class Change:
+    """What changed in the warm set. A capability whose details changed while it stayed warm
+    (its free slots, say) appears in both `removed` (old) and `added` (new)."""
+
     added: tuple[Capability, ...] = ()
     removed: tuple[Capability, ...] = ()
+
+    @property
+    def updated(self) -> tuple[Capability, ...]:
+        """New versions of capabilities that stayed warm."""
+        gone = {c.worker_id for c in self.removed}
+        return tuple(c for c in self.added if c.worker_id in gone)
+
+    @property
+    def withdrawn(self) -> tuple[Capability, ...]:
+        """Capabilities that left the warm set."""
+        kept = {c.worker_id for c in self.added}
+        return tuple(c for c in self.removed if c.worker_id not in kept)
+
+    @property
+    def appeared(self) -> tuple[Capability, ...]:
+        """Capabilities that joined the warm set."""
+        known = {c.worker_id for c in self.removed}
+        return tuple(c for c in self.added if c.worker_id not in known)
 
 
 Subscriber = Callable[[Change], None]
@@ -74,6 +104,9 @@ class CapabilityRegistry:
 
     def is_warm(self, worker_id: str) -> bool:
         return worker_id in self._warm
+
+    def get(self, worker_id: str) -> Capability | None:
+        return self._warm.get(worker_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` on every change; returns the function that unsubscribes."""
