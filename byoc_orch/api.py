@@ -1,11 +1,14 @@
-"""The HTTP API: liveness, readiness, the warm capability listing and the worker table."""
+"""The HTTP API: liveness, readiness, the warm capability listing, the worker and session
+tables, metrics, and the session proxy's routes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from byoc_orch import __version__
 from byoc_orch.daemon import Daemon
@@ -26,8 +29,34 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.get("/capabilities")
     async def capabilities() -> list[dict[str, Any]]:
-        """Warm workers only, in go-livepeer's aiModels.json shape, pointing at byoc-orch."""
-        return [capability.as_aimodels_entry() for capability in daemon.registry.warm()]
+        """Warm workers only, in go-livepeer's aiModels.json shape, pointing at byoc-orch, with
+        the session slots each still has free."""
+        return [c.as_aimodels_entry(with_free=True) for c in daemon.registry.warm()]
+
+    @app.get("/sessions")
+    async def sessions(include_ended: bool = True) -> list[dict[str, Any]]:
+        """Live sessions (starting, active) first, then recently ended ones, newest first."""
+        table = daemon.sessions
+        listed = [s.describe() for s in table.live()]
+        if include_ended:
+            listed += [s.describe() for s in table.ended()]
+        return listed
+
+    @app.get("/sessions/{session_id}")
+    async def session(session_id: str) -> JSONResponse:
+        found = daemon.sessions.get(session_id)
+        if found is None:
+            return JSONResponse(
+                {"error": f"no session {session_id!r}", "fix": "GET /sessions lists them"},
+                status_code=404,
+            )
+        return JSONResponse(found.describe())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format; rendered off the event loop (GPU collectors call NVML)."""
+        body = await asyncio.to_thread(daemon.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/workers")
     async def workers() -> list[dict[str, Any]]:
@@ -46,4 +75,12 @@ def create_app(daemon: Daemon) -> FastAPI:
             )
         return JSONResponse(found.describe())
 
+    proxy = daemon.proxy
+    every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    app.add_route("/proxy/{worker_id}", proxy.handle_worker, methods=every_method)
+    app.add_route("/proxy/{worker_id}/{path:path}", proxy.handle_worker, methods=every_method)
+    for prefix in ("/stream", "/api/stream"):
+        for op in ("start", "stop", "params", "update"):
+            app.add_route(f"{prefix}/{op}", proxy.handle_routed, methods=["POST"])
+        app.add_route(f"{prefix}/status", proxy.handle_routed, methods=["GET", "HEAD"])
     return app

@@ -18,13 +18,23 @@ import httpx
 import structlog
 
 from byoc_orch.aimodels import ModelEntry, ModelsFile
-from byoc_orch.capabilities import CapabilityRegistry
+from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import build_container_spec
-from byoc_orch.engine import STREAM_RESTORED, Engine, EngineError, EngineEvent, EventStream
+from byoc_orch.engine import (
+    STREAM_LOST,
+    STREAM_RESTORED,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EventStream,
+)
+from byoc_orch.metrics import Metrics
+from byoc_orch.proxy import SessionProxy
 from byoc_orch.reconcile import plan
+from byoc_orch.sessions import EndReason, Session, SessionTable
 from byoc_orch.settings import Settings
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Adopt, Died, Launch, Policy, Status
+from byoc_orch.worker_state import Adopt, Died, Launch, Policy, State, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 
@@ -64,10 +74,26 @@ class Daemon:
         self.started_at = clock()
         self.adopted: list[str] = []
         self._clock = clock
+        self.metrics = Metrics()
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512),
             trust_env=False,
         )
+        self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        self.proxy = SessionProxy(
+            workers=lambda: self.workers,
+            is_warm=self.registry.is_warm,
+            sessions=self.sessions,
+            http=self._http,
+            metrics=self.metrics,
+            connect_timeout=settings.proxy_connect_timeout,
+            timeout=settings.proxy_timeout,
+            max_body_bytes=settings.max_body_bytes,
+            api_token=token or None,
+            clock=clock,
+        )
+        self.registry.subscribe(self._capabilities_changed)
         self._events: EventStream | None = None
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -102,6 +128,7 @@ class Daemon:
                     "could not remove container", container_id=container_id[:12], error=str(exc)
                 )
         for entry in entries:
+            self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
             worker = self._worker(entry, specs.get(entry.worker_id))
             self.workers[worker.worker_id] = worker
             worker.start()
@@ -133,6 +160,7 @@ class Daemon:
             proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",
             probe_timeout=self.settings.probe_timeout,
             stop_timeout=self.settings.stop_timeout,
+            metrics=self.metrics,
             clock=self._clock,
         )
 
@@ -141,6 +169,8 @@ class Daemon:
         containers keep running so the next start adopts them."""
         self.ready = False
         halted = [task for worker in self.workers.values() for task in worker.halt()]
+        for worker_id in list(self.workers):
+            self.proxy.end_worker_sessions(worker_id, EndReason.SHUTDOWN, "byoc-orch stopped")
         self.registry.withdraw_all()
         await asyncio.gather(*halted, return_exceptions=True)
         if self.settings.stop_containers_on_exit:
@@ -174,7 +204,9 @@ class Daemon:
     async def _dispatch(self, events: EventStream) -> None:
         oom_killed: set[str] = set()
         async for event in events:
-            if event.action == STREAM_RESTORED:
+            if event.action == STREAM_LOST:
+                self.metrics.event_stream_reconnects.inc()
+            elif event.action == STREAM_RESTORED:
                 await self._resync()
             elif event.action == "oom" and event.container_id:
                 oom_killed.add(event.container_id)
@@ -208,6 +240,36 @@ class Daemon:
             container_id = worker.status.container_id
             if worker.entry.managed and container_id and container_id not in running:
                 worker.post(Died(container_id, "container stopped while Docker events were down"))
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _capabilities_changed(self, change: Change) -> None:
+        """A worker that left the warm set takes its sessions with it, at once."""
+        self.metrics.capabilities_warm.set(len(self.registry.warm()))
+        for capability in change.withdrawn:
+            worker = self.workers.get(capability.worker_id)
+            if worker is None or not self.sessions.in_use(capability.worker_id):
+                continue
+            reason = (
+                EndReason.UNHEALTHY
+                if worker.status.state is State.UNHEALTHY
+                else EndReason.REMOVED
+                if worker.status.state in (State.STOPPING, State.STOPPED)
+                else EndReason.CRASHED
+            )
+            self.proxy.end_worker_sessions(
+                capability.worker_id, reason, worker.status.reason or None
+            )
+
+    def _sessions_counted(self, worker_id: str, in_use: int) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.set_in_use(in_use)
+
+    def _session_ended(self, session: Session) -> None:
+        self.metrics.sessions_ended.labels(
+            session.pipeline, session.model_id, str(session.end_reason)
+        ).inc()
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -92,7 +92,8 @@ class Metrics:
         )
         self.image_pulls = Counter(
             "byoc_orch_image_pulls_total",
-            "Image pulls by result (pulled, present: no pull needed, failed).",
+            "Image pulls by result: pulled, shared (joined a pull in flight), present (no pull "
+            "needed), failed.",
             ("result",),
             registry=r,
         )
@@ -160,7 +161,7 @@ class Metrics:
             "When the running configuration was last applied (start-up or reload).",
             registry=r,
         )
-        for result in ("pulled", "present", "failed"):
+        for result in ("pulled", "shared", "present", "failed"):
             self.image_pulls.labels(result)
         for result in ("applied", "rejected"):
             self.config_reloads.labels(result)

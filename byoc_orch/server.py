@@ -18,11 +18,12 @@ from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
 from byoc_orch.daemon import Daemon
 from byoc_orch.engine import EngineError
-from byoc_orch.settings import Settings
+from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
 
 log = structlog.get_logger("byoc_orch.server")
 
 EXIT_OK = 0
+EXIT_INVALID = 1
 EXIT_UNAVAILABLE = 2
 
 
@@ -34,6 +35,11 @@ class _Server(uvicorn.Server):
 
 
 async def serve(settings: Settings, models: ModelsFile) -> int:
+    try:
+        require_token_off_loopback(settings)
+    except SettingsError as exc:
+        log.error("refusing to start", error=str(exc))
+        return EXIT_INVALID
     daemon = Daemon(settings, models)
     server = _Server(
         uvicorn.Config(

@@ -22,6 +22,7 @@ from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import Engine, EngineError
 from byoc_orch.health import ProbeResult, Verdict, probe
+from byoc_orch.metrics import Metrics
 from byoc_orch.worker_state import (
     Action,
     Discard,
@@ -60,6 +61,7 @@ class Worker:
         proxy_url: str,
         probe_timeout: float,
         stop_timeout: float,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.entry = entry
@@ -68,6 +70,9 @@ class Worker:
         self.policy = policy
         self.proxy_url = proxy_url
         self.image_digest: str | None = None
+        self.in_use = 0
+        self.metrics = metrics or Metrics()
+        self._launched_at: float | None = None
         self._engine = engine
         self._http = http
         self._registry = registry
@@ -84,10 +89,25 @@ class Worker:
         )
 
     @property
-    def health_url(self) -> str:
+    def upstream_url(self) -> str:
+        """Where the worker's own HTTP server answers (its published loopback port when
+        managed)."""
         if self.spec is not None:
-            return f"http://127.0.0.1:{self.spec.host_port}{self.entry.health_path}"
-        return f"{(self.entry.url or '').rstrip('/')}{self.entry.health_path}"
+            return f"http://127.0.0.1:{self.spec.host_port}"
+        return (self.entry.url or "").rstrip("/")
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.upstream_url}{self.entry.health_path}"
+
+    def set_in_use(self, sessions: int) -> None:
+        """Sessions now live on this worker; re-publishes its free capacity."""
+        if sessions != self.in_use:
+            self.in_use = sessions
+            self.metrics.sessions_active.labels(self.entry.pipeline, self.entry.model_id).set(
+                sessions
+            )
+            self._publish()
 
     def start(self) -> None:
         self._tasks = [
@@ -140,6 +160,7 @@ class Worker:
         before = self.status
         self.status, actions = decide(before, event, self._clock(), self.policy)
         if self.status.state is not before.state:
+            self._observe(before)
             self._log.info(
                 "worker state",
                 state=str(self.status.state),
@@ -170,10 +191,29 @@ class Worker:
                     currency=entry.currency,
                     gateway=entry.gateway,
                     warm_since=self.status.warm_since or self.status.since,
+                    in_use=self.in_use,
                 )
             )
         else:
             self._registry.withdraw(self.worker_id)
+
+    def _observe(self, before: Status) -> None:
+        """Metrics of a state change: the state series, restarts, time to warm."""
+        labels = (self.entry.pipeline, self.entry.model_id)
+        now, state = self._clock(), self.status.state
+        self.metrics.set_state(*labels, str(state))
+        if self.status.restarts > before.restarts:
+            self.metrics.container_restarts.labels(*labels).inc(
+                self.status.restarts - before.restarts
+            )
+        if state in (State.PULLING, State.STARTING) and before.state not in (
+            State.PULLING,
+            State.STARTING,
+        ):
+            self._launched_at = now
+        elif state is State.WARM and self._launched_at is not None:
+            self.metrics.time_to_warm.labels(*labels).observe(max(now - self._launched_at, 0.0))
+            self._launched_at = None
 
     async def _run_probe(self) -> None:
         target = self.status.container_id
@@ -181,6 +221,10 @@ class Worker:
             result = await probe(self._http, self.health_url, self._probe_timeout)
         except Exception as exc:  # a probe must always answer, or probing would stop
             result = ProbeResult(Verdict.FAILED, f"probe error: {type(exc).__name__}")
+        labels = (self.entry.pipeline, self.entry.model_id)
+        self.metrics.probe_duration.labels(*labels).observe(result.latency)
+        if result.verdict in (Verdict.FAILED, Verdict.ERROR):
+            self.metrics.probe_failures.labels(*labels, failure_reason(result)).inc()
         self.post(Probed(result, target))
 
     async def _act(self) -> None:
@@ -202,11 +246,20 @@ class Worker:
                 except EngineError as exc:
                     self._log.warning("could not remove container", error=str(exc))
             case Pull():
+                started = time.monotonic()
                 try:
                     result = await self._engine.ensure_image(spec.image, self.entry.pull)
                 except EngineError as exc:
+                    self.metrics.image_pulls.labels("failed").inc()
                     self.post(PullFailed(str(exc)))
                     return
+                if not result.pulled:
+                    self.metrics.image_pulls.labels("present").inc()
+                elif result.joined:
+                    self.metrics.image_pulls.labels("shared").inc()
+                else:
+                    self.metrics.image_pulls.labels("pulled").inc()
+                    self.metrics.image_pull_duration.observe(time.monotonic() - started)
                 self.image_digest = result.image.digest
                 self.post(Pulled())
             case Run():
@@ -257,6 +310,8 @@ class Worker:
                 else list(gpus.device_ids) or gpus.count
             ),
             "capacity": entry.capacity,
+            "in_use": self.in_use,
+            "free": max(entry.capacity - self.in_use, 0) if status.state is State.WARM else 0,
             "restarts": status.restarts,
             "crash_streak": status.crash_streak,
             "next_restart_at": _iso(status.next_attempt_at)
@@ -274,6 +329,22 @@ class Worker:
                 "at": _iso(probe_result.at),
             },
         }
+
+
+def failure_reason(result: ProbeResult) -> str:
+    """A bounded label for a failed probe."""
+    if result.verdict is Verdict.ERROR:
+        return "error_status"
+    detail = result.detail
+    if detail.startswith("no answer"):
+        return "timeout"
+    if detail.startswith("connection refused"):
+        return "refused"
+    if detail.startswith("HTTP "):
+        return "http_status"
+    if detail.startswith(("unreadable body", "unknown status")):
+        return "bad_body"
+    return "other"
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -238,3 +238,25 @@ def test_docker_config_directory_resolves_to_its_config_json(tmp_path: Path) -> 
 def test_missing_docker_config_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"^BYOC_ORCH_DOCKER_CONFIG: .*does not exist"):
         load_settings(docker_config=tmp_path / "nope.json")
+
+
+def test_a_reachable_address_needs_an_api_token() -> None:
+    from byoc_orch.settings import require_token_off_loopback
+
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.5"):
+        require_token_off_loopback(load_settings(host=host))
+    with pytest.raises(SettingsError) as refused:
+        require_token_off_loopback(load_settings(host="0.0.0.0"))
+    assert "BYOC_ORCH_API_TOKEN" in str(refused.value)
+    require_token_off_loopback(load_settings(host="0.0.0.0", api_token="long-random"))
+
+
+def test_secret_settings_are_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BYOC_ORCH_ORCH_URL", "not a url")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(orch_secret=["hunter2-secret"], api_token={"t": "hunter3-token"})
+    message = str(refused.value)
+    assert "BYOC_ORCH_ORCH_URL" in message
+    assert "BYOC_ORCH_ORCH_SECRET" in message
+    assert "BYOC_ORCH_API_TOKEN" in message
+    assert "hunter" not in message

@@ -1,0 +1,213 @@
+"""The session table: which worker runs which stream, since when, with which params.
+
+Pure bookkeeping, no I/O. A start reserves a slot before it is forwarded, so two concurrent
+starts can never both take a worker's last slot; the slot is released if the worker refuses.
+Every change to a worker's slots in use is reported through `on_count`, which keeps the
+advertised free capacity current. Ended sessions are kept (bounded) so their end reason can
+still be read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class SessionState(StrEnum):
+    STARTING = "starting"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class EndReason(StrEnum):
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    UNHEALTHY = "unhealthy"
+    REPLACED = "replaced"
+    REMOVED = "removed"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    worker_id: str
+    pipeline: str
+    model_id: str
+    started_at: float
+    state: SessionState = SessionState.STARTING
+    params: Any = None
+    params_updated_at: float | None = None
+    ended_at: float | None = None
+    end_reason: EndReason | None = None
+    end_detail: str | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "worker_id": self.worker_id,
+            "pipeline": self.pipeline,
+            "model_id": self.model_id,
+            "state": str(self.state),
+            "started_at": self.started_at,
+            "params": self.params,
+            "params_updated_at": self.params_updated_at,
+            "ended_at": self.ended_at,
+            "end_reason": None if self.end_reason is None else str(self.end_reason),
+            "end_detail": self.end_detail,
+            "request": self.request,
+        }
+
+
+class Refused(Exception):
+    """A start byoc-orch turns down itself; `reason` is a bounded label for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+CountListener = Callable[[str, int], None]
+EndListener = Callable[[Session], None]
+
+
+class SessionTable:
+    def __init__(
+        self,
+        *,
+        on_count: CountListener | None = None,
+        on_end: EndListener | None = None,
+        keep_ended: int = 256,
+    ) -> None:
+        self._live: OrderedDict[str, Session] = OrderedDict()
+        self._ended: deque[Session] = deque(maxlen=keep_ended)
+        self._on_count = on_count
+        self._on_end = on_end
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session | None:
+        found = self._live.get(session_id)
+        if found is not None:
+            return found
+        for session in reversed(self._ended):
+            if session.id == session_id:
+                return session
+        return None
+
+    def live(self, worker_id: str | None = None) -> list[Session]:
+        """Starting and active sessions, oldest first."""
+        return [s for s in self._live.values() if worker_id is None or s.worker_id == worker_id]
+
+    def ended(self) -> list[Session]:
+        return list(reversed(self._ended))
+
+    def in_use(self, worker_id: str) -> int:
+        return sum(1 for s in self._live.values() if s.worker_id == worker_id)
+
+    # -- changing -----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        session_id: str,
+        *,
+        worker_id: str,
+        pipeline: str,
+        model_id: str,
+        capacity: int,
+        now: float,
+        params: Any = None,
+        request: dict[str, Any] | None = None,
+    ) -> Session:
+        """Take a slot for a start about to be forwarded; raises Refused when there is none."""
+        existing = self._live.get(session_id)
+        if existing is not None:
+            raise Refused(
+                "duplicate",
+                f"session {session_id!r} is already {existing.state} on {existing.worker_id}; "
+                "stop it first or use a new gateway_request_id",
+            )
+        used = self.in_use(worker_id)
+        if used >= capacity:
+            raise Refused(
+                "full",
+                f"{pipeline}/{model_id} is at capacity ({used}/{capacity} sessions); "
+                "try another orchestrator",
+            )
+        session = Session(
+            session_id,
+            worker_id,
+            pipeline,
+            model_id,
+            started_at=now,
+            params=params,
+            request=request or {},
+        )
+        self._live[session_id] = session
+        self._count(worker_id)
+        return session
+
+    def confirm(self, session_id: str) -> Session | None:
+        """The worker accepted the start."""
+        session = self._live.get(session_id)
+        if session is None:
+            return None
+        session = replace(session, state=SessionState.ACTIVE)
+        self._live[session_id] = session
+        return session
+
+    def release(self, session_id: str) -> None:
+        """The worker refused the start (or could not be reached): the slot is free again,
+        and no session is recorded."""
+        session = self._live.pop(session_id, None)
+        if session is not None:
+            self._count(session.worker_id)
+
+    def set_params(self, session_id: str, params: Any, now: float) -> None:
+        session = self._live.get(session_id)
+        if session is not None:
+            self._live[session_id] = replace(session, params=params, params_updated_at=now)
+
+    def end(
+        self, session_id: str, reason: EndReason, now: float, detail: str | None = None
+    ) -> Session | None:
+        session = self._live.pop(session_id, None)
+        if session is None:
+            return None
+        ended = replace(
+            session,
+            state=SessionState.ENDED,
+            ended_at=now,
+            end_reason=reason,
+            end_detail=detail,
+        )
+        self._ended.append(ended)
+        self._count(session.worker_id)
+        if self._on_end is not None and session.state is SessionState.ACTIVE:
+            self._on_end(ended)
+        return ended
+
+    def end_worker(
+        self, worker_id: str, reason: EndReason, now: float, detail: str | None = None
+    ) -> list[Session]:
+        """End every session on a worker that went away; nothing is left dangling."""
+        return [
+            ended
+            for session in self.live(worker_id)
+            if (ended := self.end(session.id, reason, now, detail)) is not None
+        ]
+
+    def end_all(self, reason: EndReason, now: float) -> list[Session]:
+        return [
+            ended
+            for session in list(self._live.values())
+            if (ended := self.end(session.id, reason, now)) is not None
+        ]
+
+    def _count(self, worker_id: str) -> None:
+        if self._on_count is not None:
+            self._on_count(worker_id, self.in_use(worker_id))
