@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
-import httpx
 import structlog
 
 from byoc_orch.aimodels import ModelEntry, ModelsFile
@@ -28,6 +27,7 @@ from byoc_orch.engine import (
     EngineEvent,
     EventStream,
 )
+from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
 from byoc_orch.proxy import SessionProxy
 from byoc_orch.reconcile import plan
@@ -75,10 +75,7 @@ class Daemon:
         self.adopted: list[str] = []
         self._clock = clock
         self.metrics = Metrics()
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=512),
-            trust_env=False,
-        )
+        self._http = shared_client()
         self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.proxy = SessionProxy(
