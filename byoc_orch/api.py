@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from byoc_orch import __version__
-from byoc_orch.daemon import Daemon
+from byoc_orch.auth import token_denied
+from byoc_orch.daemon import Daemon, ReloadRejected
+from byoc_orch.engine import EngineError
 
 
 def create_app(daemon: Daemon) -> FastAPI:
@@ -74,6 +76,32 @@ def create_app(daemon: Daemon) -> FastAPI:
                 status_code=404,
             )
         return JSONResponse(found.describe())
+
+    api_token = daemon.settings.api_token
+    token = api_token.get_secret_value() if api_token else None
+
+    @app.post("/reload")
+    async def reload(request: Request) -> Response:
+        """Re-read aiModels.json and apply only the difference (the same as SIGHUP)."""
+        denied = token_denied(request, token or None)
+        if denied is not None:
+            return denied
+        try:
+            applied = await daemon.reload()
+        except ReloadRejected as exc:
+            return JSONResponse(
+                {
+                    "result": "rejected",
+                    "error": f"{daemon.settings.models_path} is invalid; nothing was changed",
+                    "problems": [str(p) for p in exc.problems],
+                },
+                status_code=422,
+            )
+        except EngineError as exc:
+            return JSONResponse(
+                {"result": "rejected", "error": f"nothing was changed: {exc}"}, status_code=503
+            )
+        return JSONResponse({"result": "applied", **applied.summary()})
 
     proxy = daemon.proxy
     every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

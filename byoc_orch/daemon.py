@@ -8,6 +8,7 @@ across a daemon restart; `ready` turns true only once every entry has been set o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from byoc_orch.aimodels import ModelEntry, ModelsFile
+from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import build_container_spec
 from byoc_orch.engine import (
@@ -30,11 +31,11 @@ from byoc_orch.engine import (
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
 from byoc_orch.proxy import SessionProxy
-from byoc_orch.reconcile import plan
+from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
 from byoc_orch.sessions import EndReason, Session, SessionTable
-from byoc_orch.settings import Settings
+from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Adopt, Died, Launch, Policy, State, Status
+from byoc_orch.worker_state import Adopt, Died, Launch, Policy, State, Status, Stop
 
 log = structlog.get_logger("byoc_orch.daemon")
 
@@ -42,6 +43,14 @@ log = structlog.get_logger("byoc_orch.daemon")
 def policy_from(settings: Settings) -> Policy:
     """Every Policy knob is a setting of the same name."""
     return Policy(**{f.name: getattr(settings, f.name) for f in fields(Policy)})
+
+
+class ReloadRejected(Exception):
+    """The new aiModels.json is invalid; nothing running was changed."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
 
 
 def engine_for(settings: Settings) -> Engine:
@@ -93,6 +102,8 @@ class Daemon:
         self.registry.subscribe(self._capabilities_changed)
         self._events: EventStream | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._note_config_applied()
 
     @property
     def public_url(self) -> str:
@@ -104,12 +115,7 @@ class Daemon:
         entries = self.models.entries
         managed = [e for e in entries if e.managed]
         if managed:
-            info = await self.engine.connect()
-            log.info("docker engine", version=info.server_version, host=self.settings.docker_host)
-            self._events = self.engine.events()
-            self._dispatcher = asyncio.create_task(
-                self._dispatch(self._events), name="docker-events"
-            )
+            await self._follow_engine()
             containers = await self.engine.list_containers()
         else:
             containers = []
@@ -144,6 +150,20 @@ class Daemon:
             cold=sum(1 for e in entries if not e.warm),
         )
 
+    async def _follow_engine(self) -> None:
+        """Connect to Docker and open the event stream, once; events come before listing."""
+        if self._events is not None:
+            return
+        info = await self.engine.connect()
+        log.info("docker engine", version=info.server_version, host=self.settings.docker_host)
+        self._events = self.engine.events()
+        self._dispatcher = asyncio.create_task(self._dispatch(self._events), name="docker-events")
+
+    def _policy_for(self, entry: ModelEntry) -> Policy:
+        if entry.startup_timeout is None:
+            return self.policy
+        return replace(self.policy, startup_timeout=entry.startup_timeout)
+
     def _worker(self, entry: ModelEntry, spec: Any) -> Worker:
         return Worker(
             entry,
@@ -151,9 +171,7 @@ class Daemon:
             engine=self.engine,
             http=self._http,
             registry=self.registry,
-            policy=self.policy
-            if entry.startup_timeout is None
-            else replace(self.policy, startup_timeout=entry.startup_timeout),
+            policy=self._policy_for(entry),
             proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",
             probe_timeout=self.settings.probe_timeout,
             stop_timeout=self.settings.stop_timeout,
@@ -195,6 +213,110 @@ class Daemon:
             log.warning(
                 "could not stop container", container_id=status.container_id[:12], error=str(exc)
             )
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self, models: ModelsFile | None = None) -> ReloadPlan:
+        """Re-read aiModels.json (or take `models`) and apply only the difference.
+
+        An invalid file raises ReloadRejected and changes nothing. Untouched entries keep their
+        containers and sessions; an entry whose container is unaffected is updated in place;
+        removed and replaced workers are withdrawn first, their sessions ended with the reason.
+        """
+        async with self._reload_lock:
+            if models is None:
+                try:
+                    models = await asyncio.to_thread(
+                        load_models,
+                        self.settings.models_path,
+                        reserved_ports=reserved_ports(self.settings),
+                    )
+                except ModelsFileError as exc:
+                    self.metrics.config_reloads.labels("rejected").inc()
+                    for problem in exc.problems:
+                        log.error(
+                            "reload rejected; running configuration kept", problem=str(problem)
+                        )
+                    raise ReloadRejected(exc.problems) from None
+            for warning in models.warnings:
+                log.warning("aiModels.json", warning=str(warning))
+            try:
+                the_plan = await self._apply(models)
+            except EngineError as exc:
+                self.metrics.config_reloads.labels("rejected").inc()
+                log.error("reload could not reach Docker; nothing changed", error=str(exc))
+                raise
+            self.metrics.config_reloads.labels("applied").inc()
+            self._note_config_applied()
+            log.info("reloaded", **{k: len(v) for k, v in the_plan.summary().items()})
+            return the_plan
+
+    async def _apply(self, models: ModelsFile) -> ReloadPlan:
+        instance = self.settings.instance
+        entries = {e.worker_id: e for e in models.entries}
+        specs = {
+            e.worker_id: build_container_spec(e, instance) for e in models.entries if e.managed
+        }
+        current = {
+            worker_id: Running(w.entry, w.spec.spec_hash if w.spec else None, w.entry.warm)
+            for worker_id, w in self.workers.items()
+        }
+        wanted = {
+            worker_id: Running(e, specs[worker_id].spec_hash if e.managed else None, e.warm)
+            for worker_id, e in entries.items()
+        }
+        the_plan = plan_reload(current, wanted)
+        if not the_plan.changed:
+            self.models = models
+            return the_plan
+        if specs:
+            await self._follow_engine()
+        await asyncio.gather(
+            *(self._retire(w, EndReason.REMOVED) for w in the_plan.remove),
+            *(self._retire(w, EndReason.REPLACED) for w in the_plan.replace),
+        )
+        for worker_id in the_plan.remove:
+            worker = self.workers.pop(worker_id)
+            self.metrics.remove_worker(worker.entry.pipeline, worker.entry.model_id)
+        for worker_id in the_plan.update:
+            entry = entries[worker_id]
+            self.workers[worker_id].update_entry(entry, self._policy_for(entry))
+        for worker_id in (*the_plan.replace, *the_plan.add):
+            entry = entries[worker_id]
+            if worker_id in the_plan.replace:
+                old = self.workers[worker_id].entry
+                self.metrics.remove_worker(old.pipeline, old.model_id)
+            self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
+            worker = self._worker(entry, specs.get(worker_id))
+            self.workers[worker_id] = worker
+            worker.start()
+            if entry.warm:
+                worker.post(Launch())
+        self.workers = {worker_id: self.workers[worker_id] for worker_id in entries}
+        self.models = models
+        return the_plan
+
+    async def _retire(self, worker_id: str, reason: EndReason) -> None:
+        """Withdraw a worker, end its sessions, stop its container and stop following it."""
+        worker = self.workers[worker_id]
+        self.proxy.end_worker_sessions(worker_id, reason, "aiModels.json changed")
+        worker.post(Stop())
+        try:
+            await worker.wait_for(
+                lambda s: s.state is State.STOPPED,
+                timeout=self.settings.stop_timeout + self.settings.docker_timeout,
+            )
+        except TimeoutError:
+            log.warning(
+                "worker did not stop in time; left to start-up reconcile", worker_id=worker_id
+            )
+        await worker.close()
+        self.registry.withdraw(worker_id)
+
+    def _note_config_applied(self) -> None:
+        with contextlib.suppress(OSError):
+            self.metrics.config_loaded_timestamp.set(self.settings.models_path.stat().st_mtime)
+        self.metrics.config_last_reload_timestamp.set(self._clock())
 
     # -- Docker events ------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ only when the container was never reached (or byoc-orch refused first). One shar
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import time
@@ -28,6 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from byoc_orch.auth import token_denied
 from byoc_orch.metrics import Metrics
 from byoc_orch.sessions import EndReason, Refused, SessionTable
 
@@ -55,7 +55,6 @@ HOP_BY_HOP = frozenset(
         "authorization",
     }
 )
-STATE_CHANGING_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def session_op(path: str, method: str) -> str | None:
@@ -179,16 +178,7 @@ class SessionProxy:
         return await self._session_call(request, candidates[0], op)
 
     def _authorize(self, request: Request) -> Response | None:
-        if self._api_token is None or request.method in STATE_CHANGING_READS:
-            return None
-        got = request.headers.get("authorization", "")
-        if hmac.compare_digest(got.encode(), f"Bearer {self._api_token}".encode()):
-            return None
-        return _error(
-            401,
-            "this call needs Authorization: Bearer <BYOC_ORCH_API_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        return token_denied(request, self._api_token)
 
     # -- session calls --------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Start-up reconcile: which of our containers to adopt, replace or remove. Pure.
+"""Reconcile decisions, pure: at start-up, which of our containers to adopt, replace or
+remove; on reload, which workers to add, remove, replace or update in place.
 
 A running container whose spec hash matches what its entry wants is adopted as it is (no cold
 start); one whose spec changed, or that is not running, is replaced; ours that no warm entry
@@ -47,3 +48,53 @@ def plan(wanted: Mapping[str, str], existing: Iterable[ContainerLike]) -> Plan:
             remove.append(container.id)
     launch = tuple(worker for worker in wanted if worker not in adopt)
     return Plan(adopt=adopt, launch=launch, remove=tuple(remove))
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the daemon runs for one worker, as far as a reload is concerned."""
+
+    entry: object  # compared by value
+    spec_hash: str | None  # None: no container (external worker)
+    warm: bool
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    replace: tuple[str, ...] = ()  # the container (or kind of worker) must change
+    update: tuple[str, ...] = ()  # only what byoc-orch advertises changed: no restart
+    keep: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.add or self.remove or self.replace or self.update)
+
+    def summary(self) -> dict[str, list[str]]:
+        return {
+            "added": list(self.add),
+            "removed": list(self.remove),
+            "replaced": list(self.replace),
+            "updated": list(self.update),
+            "unchanged": list(self.keep),
+        }
+
+
+def plan_reload(current: Mapping[str, Running], wanted: Mapping[str, Running]) -> ReloadPlan:
+    """Apply only the difference: untouched entries keep their containers and sessions, and
+    a change that leaves the container as it is (price, capacity, health path, token) is
+    applied in place rather than by a restart."""
+    add, remove, replace, update, keep = [], [], [], [], []
+    for worker_id, new in wanted.items():
+        old = current.get(worker_id)
+        if old is None:
+            add.append(worker_id)
+        elif old.entry == new.entry:
+            keep.append(worker_id)
+        elif old.spec_hash == new.spec_hash and old.warm == new.warm:
+            update.append(worker_id)
+        else:
+            replace.append(worker_id)
+    remove = [worker_id for worker_id in current if worker_id not in wanted]
+    return ReloadPlan(tuple(add), tuple(remove), tuple(replace), tuple(update), tuple(keep))

@@ -241,6 +241,11 @@ def _env_file_from_environment() -> Path | None:
     return Path(value) if value else None
 
 
+def reserved_ports(settings: Settings) -> dict[int, str]:
+    """Host ports aiModels.json entries may not publish on."""
+    return {settings.port: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"}
+
+
 def require_token_off_loopback(settings: Settings) -> None:
     """Refuse to serve session calls on a reachable address with no token guarding them."""
     if settings.api_token is not None and settings.api_token.get_secret_value():

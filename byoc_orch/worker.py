@@ -100,6 +100,16 @@ class Worker:
     def health_url(self) -> str:
         return f"{self.upstream_url}{self.entry.health_path}"
 
+    def update_entry(self, entry: ModelEntry, policy: Policy) -> None:
+        """Apply an entry change that leaves the container as it is (price, capacity, token,
+        health path): the worker keeps running, its sessions too."""
+        self.entry, self.policy = entry, policy
+        self._log = log.bind(
+            worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
+        )
+        self.metrics.worker_capacity.labels(entry.pipeline, entry.model_id).set(entry.capacity)
+        self._publish()
+
     def set_in_use(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""
         if sessions != self.in_use:

@@ -343,7 +343,7 @@ def _still_starting(
 
 def _died(status: Status, now: float, policy: Policy, reason: str) -> tuple[Status, list[Action]]:
     if status.state is State.STOPPING:
-        return _move(status, State.STOPPED, now, container_id=None), []
+        return status, []  # the stop action's own Stopped follows once it is removed
     if status.state in (State.STARTING, State.WARM, State.UNHEALTHY):
         return _failure(status, now, policy, reason)
     return status, []

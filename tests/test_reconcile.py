@@ -78,3 +78,32 @@ def test_mixed() -> None:
 def test_accepts_any_iterable() -> None:
     result = plan({"w1": "h1"}, (box for box in [Box("c1", "w1", "h1")]))
     assert result.adopt == {"w1": "c1"}
+
+
+def test_reload_plan_applies_only_the_difference() -> None:
+    from byoc_orch.reconcile import Running, plan_reload
+
+    current = {
+        "same": Running({"v": 1}, "h1", True),
+        "price": Running({"price": 1}, "h2", True),
+        "image": Running({"image": "a"}, "h3", True),
+        "cooled": Running({"warm": True}, "h4", True),
+        "external": Running({"url": "x"}, None, True),
+        "gone": Running({}, "h5", True),
+    }
+    wanted = {
+        "same": Running({"v": 1}, "h1", True),
+        "price": Running({"price": 2}, "h2", True),
+        "image": Running({"image": "b"}, "h3b", True),
+        "cooled": Running({"warm": False}, "h4", False),
+        "external": Running({"url": "x", "container": "c"}, "h6", True),
+        "new": Running({}, "h7", True),
+    }
+    result = plan_reload(current, wanted)
+    assert result.keep == ("same",)
+    assert result.update == ("price",)
+    assert set(result.replace) == {"image", "cooled", "external"}
+    assert result.add == ("new",)
+    assert result.remove == ("gone",)
+    assert result.changed
+    assert not plan_reload(current, current).changed

@@ -597,13 +597,16 @@ def test_stop_without_a_container_is_immediate() -> None:
     assert actions == []
 
 
-def test_died_while_stopping_is_stopped() -> None:
+def test_died_while_stopping_waits_for_the_removal() -> None:
+    """The die a stop causes is not the end: STOPPED means the container is also removed."""
     status, _ = decide(warm_worker(), Stop(), 10.0, POLICY)
     status, actions = decide(status, Died("c1", "exited 0"), 10.5, POLICY)
-    assert status.state is State.STOPPED
-    assert status.container_id is None
+    assert status.state is State.STOPPING
     assert actions == []
     assert status.restarts == 0
+    status, actions = decide(status, Stopped(), 11.0, POLICY)
+    assert status.state is State.STOPPED
+    assert status.container_id is None
 
 
 def test_stopped_worker_ignores_ticks_and_probes() -> None:
