@@ -1,0 +1,160 @@
+"""/metrics during a real-engine scenario: the series exist up front and the counters move."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from byoc_orch.api import create_app
+from byoc_orch.daemon import Daemon
+from byoc_orch.metrics import WORKER_STATES, Metrics
+from tests.conftest import Harness, eventually
+from tests.test_daemon import only, running, worker_entry
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    reply = await client.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    metrics = Metrics()
+    metrics.add_worker("p", "m", 1)
+    families = list(text_string_to_metric_families(metrics.render().decode()))
+    assert families
+    for family in families:
+        assert family.name.startswith("byoc_orch_"), family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds"), family.name
+        for sample in family.samples:
+            assert set(sample.labels) <= {
+                "pipeline",
+                "model_id",
+                "state",
+                "reason",
+                "result",
+                "route",
+                "status_class",
+                "advertiser",
+                "call",
+                "le",
+                "version",
+                "python",
+                "gpu",
+                "uuid",
+                "name",
+            }, sample
+
+
+def test_removed_workers_leave_no_series() -> None:
+    metrics = Metrics()
+    metrics.add_worker("p", "m", 2)
+    metrics.set_state("p", "m", "warm")
+    metrics.remove_worker("p", "m")
+    assert 'model_id="m"' not in metrics.render().decode()
+
+
+@pytest.mark.engine
+async def test_counters_move_in_a_real_scenario(
+    harness: Harness, instance: str, docker_client: docker.DockerClient
+) -> None:
+    entry = worker_entry(harness, "metered")
+    labels = {"pipeline": entry["pipeline"], "model_id": "metered"}
+    async with running(harness, instance, [entry]) as daemon:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(daemon)), base_url="http://byoc"
+        )
+        async with client:
+            first = await scrape(client)
+            # Known workers read 0 before anything happened, not absent.
+            assert value(first, "byoc_orch_container_restarts_total", **labels) == 0
+            assert value(first, "byoc_orch_sessions_started_total", **labels) == 0
+            assert (
+                value(
+                    first,
+                    "byoc_orch_build_info",
+                    version=first_version(first),
+                    python=first_python(first),
+                )
+                == 1
+            )
+            worker = only(daemon)
+            await eventually(lambda: daemon.registry.is_warm(worker.worker_id), what="warm")
+            warm = await scrape(client)
+            assert value(warm, "byoc_orch_worker_state", state="warm", **labels) == 1
+            assert (
+                sum(value(warm, "byoc_orch_worker_state", state=s, **labels) for s in WORKER_STATES)
+                == 1
+            )
+            assert value(warm, "byoc_orch_capabilities_warm") == 1
+            assert value(warm, "byoc_orch_time_to_warm_seconds_count", **labels) == 1
+            assert value(warm, "byoc_orch_health_probe_duration_seconds_count", **labels) >= 1
+            assert value(warm, "byoc_orch_image_pulls_total", result="present") == 1
+
+            base = f"/proxy/{worker.worker_id}/stream"
+            body = {"subscribe_url": "a", "publish_url": "b", "gateway_request_id": "m-1"}
+            assert (await client.post(f"{base}/start", json=body)).status_code == 200
+            active = await scrape(client)
+            assert value(active, "byoc_orch_sessions_active", **labels) == 1
+            assert value(active, "byoc_orch_sessions_started_total", **labels) == 1
+            assert (
+                value(
+                    active,
+                    "byoc_orch_proxy_request_duration_seconds_count",
+                    route="start",
+                    status_class="2xx",
+                )
+                == 1
+            )
+
+            container_id = worker.status.container_id
+            await asyncio.to_thread(docker_client.containers.get(container_id).kill)
+            await eventually(
+                lambda: (
+                    daemon.registry.is_warm(worker.worker_id)
+                    and worker.status.container_id != container_id
+                ),
+                what="relaunched and warm again",
+            )
+            after = await scrape(client)
+            assert value(after, "byoc_orch_container_restarts_total", **labels) == 1
+            assert value(after, "byoc_orch_sessions_ended_total", reason="crashed", **labels) == 1
+            assert value(after, "byoc_orch_sessions_active", **labels) == 0
+            assert value(after, "byoc_orch_time_to_warm_seconds_count", **labels) == 2
+
+
+def first_version(samples: dict) -> str:
+    return next(dict(k[1])["version"] for k in samples if k[0] == "byoc_orch_build_info")
+
+
+def first_python(samples: dict) -> str:
+    return next(dict(k[1])["python"] for k in samples if k[0] == "byoc_orch_build_info")
+
+
+def test_daemon_metrics_are_its_own(tmp_path: object) -> None:
+    """Two daemons in one process (as in tests) never share series."""
+    from byoc_orch.aimodels import parse_models
+    from byoc_orch.settings import Settings
+
+    models = parse_models(
+        '[{"pipeline": "p", "model_id": "m", "url": "http://127.0.0.1:9"}]', source="t"
+    )
+    a, b = Daemon(Settings(), models), Daemon(Settings(), models)
+    a.metrics.config_reloads.labels("applied").inc()
+    assert b.metrics.sample("byoc_orch_config_reloads_total", {"result": "applied"}) == 0
