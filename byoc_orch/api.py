@@ -52,7 +52,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 {"error": f"no session {session_id!r}", "fix": "GET /sessions lists them"},
                 status_code=404,
             )
-        return JSONResponse(found.describe())
+        return JSONResponse({**found.describe(), "gpu_devices": daemon.gpu_devices(found.entry)})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -62,7 +62,23 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.get("/workers")
     async def workers() -> list[dict[str, Any]]:
-        return [worker.describe() for worker in daemon.workers.values()]
+        return [
+            {**worker.describe(), "gpu_devices": daemon.gpu_devices(worker.entry)}
+            for worker in daemon.workers.values()
+        ]
+
+    @app.get("/gpus")
+    async def gpus() -> list[dict[str, Any]]:
+        """The host's GPUs as NVML reported them at start-up; empty without a driver."""
+        return [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "memory_total_bytes": g.memory_total_bytes,
+            }
+            for g in daemon.gpu_inventory
+        ]
 
     @app.get("/workers/{worker_id}")
     async def worker(worker_id: str) -> JSONResponse:

@@ -28,6 +28,13 @@ from byoc_orch.engine import (
     EngineEvent,
     EventStream,
 )
+from byoc_orch.gpu import (
+    GpuCollector,
+    GpuInfo,
+    GpuReader,
+    GpuUnavailableError,
+    gpu_request_warnings,
+)
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
 from byoc_orch.proxy import SessionProxy
@@ -71,6 +78,7 @@ class Daemon:
         models: ModelsFile,
         *,
         engine: Engine | None = None,
+        gpu_reader: GpuReader | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -104,6 +112,10 @@ class Daemon:
         self._dispatcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._note_config_applied()
+        self.gpu_inventory: list[GpuInfo] = []
+        self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
+        if self._gpus is not None:
+            self.metrics.register(GpuCollector(self._gpus))
 
     @property
     def public_url(self) -> str:
@@ -114,6 +126,8 @@ class Daemon:
         of reach, leaving nothing running."""
         entries = self.models.entries
         managed = [e for e in entries if e.managed]
+        await self._read_gpus()
+        self._warn_gpu_requests(self.models)
         if managed:
             await self._follow_engine()
             containers = await self.engine.list_containers()
@@ -159,6 +173,41 @@ class Daemon:
         self._events = self.engine.events()
         self._dispatcher = asyncio.create_task(self._dispatch(self._events), name="docker-events")
 
+    async def _read_gpus(self) -> None:
+        """The host's GPUs, once: NVML calls block, so they run in a thread."""
+        if self._gpus is None:
+            return
+        try:
+            self.gpu_inventory = await asyncio.to_thread(self._gpus.inventory)
+        except GpuUnavailableError as exc:
+            log.info("no GPU inventory: GPU ids are not checked, no GPU metrics", reason=str(exc))
+            return
+        log.info(
+            "GPUs",
+            count=len(self.gpu_inventory),
+            gpus=[f"{g.index}:{g.name}" for g in self.gpu_inventory],
+        )
+
+    def _warn_gpu_requests(self, models: ModelsFile) -> None:
+        if not self.gpu_inventory:
+            return
+        for problem in gpu_request_warnings(models.entries, self.gpu_inventory, models.source):
+            log.warning("aiModels.json names a GPU this host lacks", problem=str(problem))
+
+    def gpu_devices(self, entry: ModelEntry) -> list[dict[str, Any]] | None:
+        """The host GPUs an entry's container is given, when that can be known."""
+        request = entry.gpu_request() if entry.managed else None
+        if request is None or not self.gpu_inventory:
+            return None
+        if request.device_ids:
+            wanted = {d.lower() for d in request.device_ids}
+            chosen = [g for g in self.gpu_inventory if {str(g.index), g.uuid.lower()} & wanted]
+        elif request.count == -1:
+            chosen = list(self.gpu_inventory)
+        else:
+            return None
+        return [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in chosen]
+
     def _policy_for(self, entry: ModelEntry) -> Policy:
         if entry.startup_timeout is None:
             return self.policy
@@ -202,6 +251,8 @@ class Daemon:
             self._dispatcher.cancel()
         await self._http.aclose()
         await self.engine.close()
+        if self._gpus is not None:
+            await asyncio.to_thread(self._gpus.close)
         log.info("stopped", containers_left_running=not self.settings.stop_containers_on_exit)
 
     async def _stop_container(self, status: Status) -> None:
@@ -240,6 +291,7 @@ class Daemon:
                     raise ReloadRejected(exc.problems) from None
             for warning in models.warnings:
                 log.warning("aiModels.json", warning=str(warning))
+            self._warn_gpu_requests(models)
             try:
                 the_plan = await self._apply(models)
             except EngineError as exc:

@@ -1,8 +1,11 @@
 """Logging setup: one structlog pipeline for our lines and for the standard library's.
 
 JSON lines when stderr is not a terminal (journald, files) or when asked; readable key=value
-lines on a terminal. Values under secret-looking keys are replaced before rendering, so a
-secret handed to a log call by mistake still never reaches the journal.
+lines on a terminal. uvicorn's loggers are pointed at the same handler, so its error and access
+lines are JSON too. Redaction is the last step before rendering, for our lines and foreign
+ones alike: values under secret-looking keys are replaced, and credentials embedded in text
+(`Bearer …`, `token=…` in a query string) are masked, so a secret handed to a log call by
+mistake still never reaches the journal.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import structlog
 
 SECRET_KEY = re.compile(r"token|secret|password|passwd|authorization|auth_config|credential", re.I)
 REDACTED = "[redacted]"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_SECRET_IN_TEXT = re.compile(
+    r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?P<param>\b[\w.-]*(?:token|secret|password|passwd|api[_-]?key)=)[^&\s\"']+",
+    re.I,
+)
 
 
 def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
@@ -28,7 +37,13 @@ def _redacted(key: str, value: Any) -> Any:
         return REDACTED
     if isinstance(value, dict):
         return {k: _redacted(str(k), v) for k, v in value.items()}
+    if isinstance(value, str):
+        return _SECRET_IN_TEXT.sub(_mask, value)
     return value
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.group("scheme") or match.group("param")) + REDACTED
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -39,7 +54,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -59,10 +73,12 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, _access_fields],
+            pass_foreign_args=True,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if as_json else _identity,
+                redact_secrets,
                 renderer,
             ],
         )
@@ -72,6 +88,27 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     for noisy in ("urllib3", "docker", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for name in UVICORN_LOGGERS:
+        # uvicorn's own dictConfig (when log_config is not None) gives these loggers private
+        # handlers and stops propagation, which would bypass the JSON renderer and redaction.
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(logging.NOTSET)
+
+
+def _access_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """Give uvicorn's access lines queryable fields as well as their formatted text."""
+    args = event.pop("positional_args", None)
+    record = event.get("_record")
+    if (
+        getattr(record, "name", None) == "uvicorn.access"
+        and isinstance(args, tuple)
+        and len(args) == 5
+    ):
+        client, method, path, _version, status = args
+        event.update(client=client, method=method, path=path, status=status)
+    return event
 
 
 def _identity(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:

@@ -1,7 +1,9 @@
-"""Process lifecycle: the HTTP server and the daemon in one event loop, and signal handling.
+"""Process lifecycle: the HTTP server and the daemon in one event loop, signals, and systemd.
 
-The HTTP API comes up first, so /readyz answers 503 while the first reconcile runs. On SIGTERM
-or SIGINT every capability is withdrawn before anything else happens.
+The HTTP API comes up first, so /readyz answers 503 while the first reconcile runs. systemd
+hears READY=1 once that reconcile is done, a STATUS= line whenever the warm set changes, and
+WATCHDOG=1 from the event loop itself. SIGHUP reloads aiModels.json. On SIGTERM or SIGINT
+every capability is withdrawn before anything else happens.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import uvicorn
 
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
-from byoc_orch.daemon import Daemon
+from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
+from byoc_orch.sd_notify import Notifier, run_watchdog
 from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
 
 log = structlog.get_logger("byoc_orch.server")
@@ -52,10 +55,19 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
             timeout_graceful_shutdown=3,
         )
     )
+    notifier = Notifier()
     stopping = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload_on_signal() -> None:
+        task = asyncio.create_task(_reload(daemon, notifier), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
     http = asyncio.create_task(server.serve(), name="http")
     while not server.started and not http.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.01)
@@ -63,17 +75,53 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
         log.error("HTTP API could not start", host=settings.host, port=settings.port)
         return EXIT_UNAVAILABLE
     log.info("listening", url=f"http://{settings.host}:{settings.port}", instance=settings.instance)
+    watchdog = asyncio.create_task(run_watchdog(notifier), name="watchdog")
     try:
         await daemon.start()
     except EngineError as exc:
         log.error("cannot start", error=str(exc))
+        notifier.status(f"cannot start: {exc}")
         await daemon.stop()
         server.should_exit = True
         await http
+        watchdog.cancel()
         return EXIT_UNAVAILABLE
+    daemon.registry.subscribe(lambda _change: notifier.status(status_line(daemon)))
+    notifier.ready(status_line(daemon))
     await stopping.wait()
     log.info("shutting down")
+    notifier.stopping()
+    for task in reloads:
+        task.cancel()
     await daemon.stop()
     server.should_exit = True
     await http
+    watchdog.cancel()
+    notifier.close()
     return EXIT_OK
+
+
+def status_line(daemon: Daemon) -> str:
+    """What `systemctl status` shows, e.g. "5/6 warm, 2 sessions"."""
+    summary = daemon.summary()
+    line = f"{summary['warm']}/{summary['workers']} warm"
+    sessions = len(daemon.sessions.live())
+    if sessions:
+        line += f", {sessions} session{'s' if sessions != 1 else ''}"
+    return line
+
+
+async def _reload(daemon: Daemon, notifier: Notifier) -> None:
+    """SIGHUP: reload aiModels.json; a broken file leaves everything running as it was."""
+    log.info("SIGHUP: reloading", path=str(daemon.settings.models_path))
+    notifier.reloading()
+    try:
+        await daemon.reload()
+    except ReloadRejected:
+        notifier.status(
+            f"reload rejected: {daemon.settings.models_path} is invalid; " + status_line(daemon)
+        )
+    except EngineError as exc:
+        notifier.status(f"reload failed: {exc}; " + status_line(daemon))
+    finally:
+        notifier.ready(status_line(daemon))

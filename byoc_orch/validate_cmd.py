@@ -1,13 +1,14 @@
 """``byoc-orch validate``: check aiModels.json and say what the daemon would do with it.
 
 Operators run it before a restart or reload, so it prints every problem at once and, for a
-good file, one line per entry showing how each was understood.
+good file, one line per entry showing how each was understood. Run on the GPU host, it also
+warns about `gpus` naming devices that host does not have (Docker would refuse the container).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TextIO
@@ -17,6 +18,13 @@ from byoc_orch.aimodels import (
     ModelsFileError,
     UnreadableModelsFileError,
     load_models,
+)
+from byoc_orch.gpu import (
+    GpuInfo,
+    GpuUnavailableError,
+    gpu_request_warnings,
+    names_gpus,
+    read_inventory,
 )
 
 __all__ = ["describe_entry", "run_validate"]
@@ -28,10 +36,15 @@ def run_validate(
     path: Path,
     *,
     reserved_ports: Mapping[int, str] = _NO_PORTS,
+    gpu_inventory: Callable[[], Sequence[GpuInfo]] | None = read_inventory,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Validate ``path``; return the process exit code (0 valid, 1 not)."""
+    """Validate ``path``; return the process exit code (0 valid, 1 not).
+
+    ``gpu_inventory`` lists this host's GPUs (raising `GpuUnavailableError` without NVML);
+    None skips the GPU check.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -55,8 +68,27 @@ def run_validate(
         print(describe_entry(index, entry), file=out)
     for warning in models.warnings:
         print(f"warning: {warning}", file=out)
+    for line in _gpu_lines(models.entries, gpu_inventory, models.source):
+        print(line, file=out)
     print(_summary(models.entries), file=out)
     return 0
+
+
+def _gpu_lines(
+    entries: list[ModelEntry],
+    gpu_inventory: Callable[[], Sequence[GpuInfo]] | None,
+    source: str,
+) -> list[str]:
+    if gpu_inventory is None or not any(names_gpus(entry) for entry in entries):
+        return []
+    try:
+        inventory = gpu_inventory()
+    except GpuUnavailableError as exc:
+        return [
+            f"note: gpus: device ids and counts were not checked against this host's GPUs "
+            f"({exc}; no NVIDIA driver here?) — run validate on the GPU host to check them"
+        ]
+    return [f"warning: {problem}" for problem in gpu_request_warnings(entries, inventory, source)]
 
 
 def describe_entry(index: int, entry: ModelEntry) -> str:

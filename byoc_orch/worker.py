@@ -169,6 +169,8 @@ class Worker:
     def _apply(self, event: Event) -> None:
         before = self.status
         self.status, actions = decide(before, event, self._clock(), self.policy)
+        if self.status.container_id and self.status.container_id != before.container_id:
+            self._log = self._log.bind(container_id=self.status.container_id[:12])
         if self.status.state is not before.state:
             self._observe(before)
             self._log.info(

@@ -9,16 +9,27 @@ from typing import Any
 
 import pytest
 
+from byoc_orch.gpu import GpuInfo, GpuUnavailableError
 from byoc_orch.validate_cmd import run_validate
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST = "sha256:" + "0" * 64
+HOST_GPUS = [
+    GpuInfo(0, "GPU-6f2a0000-0000-0000-0000-000000000000", "NVIDIA H100", 80 << 30),
+    GpuInfo(1, "GPU-1", "NVIDIA L4", 24 << 30),
+]
 
 
 def run(path: Path, **kwargs: Any) -> tuple[int, list[str], list[str]]:
+    """Validate with GPU checking off unless a test hands in an inventory."""
     out, err = io.StringIO(), io.StringIO()
+    kwargs.setdefault("gpu_inventory", None)
     code = run_validate(path, out=out, err=err, **kwargs)
     return code, out.getvalue().splitlines(), err.getvalue().splitlines()
+
+
+def no_nvml() -> list[GpuInfo]:
+    raise GpuUnavailableError("NVML unavailable: NVML Shared Library Not Found")
 
 
 def write(tmp_path: Path, content: object) -> Path:
@@ -139,3 +150,88 @@ def test_defaults_to_the_process_streams(
 ) -> None:
     assert run_validate(write(tmp_path, [])) == 0
     assert capsys.readouterr().out == "0 entries: 0 managed, 0 external; 0 warm\n"
+
+
+def gpu_entries(*gpus: object) -> list[dict[str, object]]:
+    return [
+        {
+            "pipeline": "p",
+            "model_id": f"m{index}",
+            "container": "busybox",
+            "url": f"http://127.0.0.1:{8001 + index}",
+            "gpus": value,
+        }
+        for index, value in enumerate(gpus)
+    ]
+
+
+def test_gpus_naming_devices_this_host_lacks_are_warnings(tmp_path: Path) -> None:
+    path = write(tmp_path, gpu_entries([0, "gpu-6F2A0000-0000-0000-0000-000000000000"], [1, 4], 3))
+    code, out, err = run(path, gpu_inventory=lambda: HOST_GPUS)
+    assert code == 0
+    assert err == []
+    assert out[3:] == [
+        "warning: entry 1 (m1): gpus: device 4 is not on this host (GPU indexes here: 0, 1) — "
+        "use an index or UUID that `nvidia-smi -L` lists",
+        "warning: entry 2 (m2): gpus: asks for 3 GPUs but this host has 2 — lower the count, "
+        'or use "all"',
+        "3 entries: 3 managed, 0 external; 0 warm",
+    ]
+
+
+def test_gpus_that_exist_give_no_warning(tmp_path: Path) -> None:
+    code, out, _ = run(
+        write(tmp_path, gpu_entries([1, "GPU-1"], 2, "all")), gpu_inventory=lambda: HOST_GPUS
+    )
+    assert code == 0
+    assert not any(line.startswith(("warning:", "note:")) for line in out)
+
+
+def test_without_nvml_gpu_ids_are_not_checked_and_it_says_so_once(tmp_path: Path) -> None:
+    code, out, err = run(write(tmp_path, gpu_entries([7], [8], 9)), gpu_inventory=no_nvml)
+    assert code == 0
+    assert err == []
+    notes = [line for line in out if line.startswith("note:")]
+    assert notes == [
+        "note: gpus: device ids and counts were not checked against this host's GPUs (NVML "
+        "unavailable: NVML Shared Library Not Found; no NVIDIA driver here?) — run validate on "
+        "the GPU host to check them"
+    ]
+    assert not any(line.startswith("warning:") for line in out)
+
+
+def test_nvml_is_not_asked_when_no_entry_names_gpus(tmp_path: Path) -> None:
+    asked: list[bool] = []
+
+    def inventory() -> list[GpuInfo]:
+        asked.append(True)
+        return []
+
+    external = {"pipeline": "p", "model_id": "ext", "url": "http://10.0.0.5:1", "gpus": [3]}
+    code, out, _ = run(
+        write(tmp_path, [*gpu_entries("all", "none"), external]), gpu_inventory=inventory
+    )
+    assert code == 0
+    assert asked == []
+    assert out[-1] == "3 entries: 2 managed, 1 external; 0 warm"
+
+
+def test_invalid_file_is_not_checked_for_gpus(tmp_path: Path) -> None:
+    entries = gpu_entries([9])
+    entries[0]["warm"] = "yes"
+    code, out, err = run(write(tmp_path, entries), gpu_inventory=no_nvml)
+    assert code == 1
+    assert out == []
+    assert not any("gpus" in line for line in err)
+
+
+def test_the_real_nvml_reader_is_the_default(tmp_path: Path) -> None:
+    """On this GPU-less machine that means the note; on a GPU host, the real check."""
+    out, err = io.StringIO(), io.StringIO()
+    code = run_validate(write(tmp_path, gpu_entries([0])), out=out, err=err)
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "1 entry: 1 managed, 0 external; 0 warm"
+    assert len(lines) in (2, 3)
+    if len(lines) == 3:
+        assert lines[1].startswith("note: gpus: device ids and counts were not checked")
