@@ -52,7 +52,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 {"error": f"no session {session_id!r}", "fix": "GET /sessions lists them"},
                 status_code=404,
             )
-        return JSONResponse({**found.describe(), "gpu_devices": daemon.gpu_devices(found.entry)})
+        return JSONResponse(found.describe())
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -91,7 +91,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 },
                 status_code=404,
             )
-        return JSONResponse(found.describe())
+        return JSONResponse({**found.describe(), "gpu_devices": daemon.gpu_devices(found.entry)})
 
     api_token = daemon.settings.api_token
     token = api_token.get_secret_value() if api_token else None
