@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from byoc_orch import __version__
+from byoc_orch.advertisers.live_runner import live_runner_router
 from byoc_orch.auth import token_denied
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
@@ -92,6 +93,19 @@ def create_app(daemon: Daemon) -> FastAPI:
                 status_code=404,
             )
         return JSONResponse({**found.describe(), "gpu_devices": daemon.gpu_devices(found.entry)})
+
+    @app.get("/advertisers")
+    async def advertisers() -> list[dict[str, Any]]:
+        """Each advertiser's view of go-livepeer: what it registered, its last call and error."""
+        return [advertiser.describe() for advertiser in daemon.advertisers]
+
+    def worker_status(worker_id: str) -> tuple[str, str | None] | None:
+        found = daemon.workers.get(worker_id)
+        if found is None:
+            return None
+        return str(found.status.state), found.status.reason or None
+
+    app.include_router(live_runner_router(worker_status))
 
     api_token = daemon.settings.api_token
     token = api_token.get_secret_value() if api_token else None

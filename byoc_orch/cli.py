@@ -1,4 +1,4 @@
-"""The `byoc-orch` command: run, validate, status, version, schema.
+"""The `byoc-orch` command: run, validate, status, export, version, schema.
 
 Thin on purpose: it parses flags into Settings and hands over to the module that does the work.
 Flags override BYOC_ORCH_* variables, which override the env file.
@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "status", parents=[flags], help="show the running daemon's workers and our containers"
     )
+    export = commands.add_parser(
+        "export",
+        parents=[flags],
+        help="print a file for go-livepeer: live-runners (-liveRunnerConfig) or aimodels",
+        description="live-runners: go-livepeer's -liveRunnerConfig document for every entry of "
+        "aiModels.json, each gated by byoc-orch's readiness URL (no daemon needed). aimodels: "
+        "the running daemon's warm entries as an aiModels.json pointing at byoc-orch.",
+    )
+    export.add_argument("what", choices=["live-runners", "aimodels"], help="what to print")
+    export.add_argument(
+        "--include-token",
+        action="store_true",
+        help="aimodels: put BYOC_ORCH_API_TOKEN in each entry's token (go-livepeer must send it "
+        "to byoc-orch's proxy); keep the output file private",
+    )
     commands.add_parser("version", help="print versions")
     commands.add_parser("schema", help="print the aiModels.json JSON Schema")
     return parser
@@ -73,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         from byoc_orch.validate_cmd import run_validate
 
         return run_validate(args.path or settings.models_path, reserved_ports=_reserved(settings))
+    if args.command == "export":
+        return _export(settings, args.what, include_token=args.include_token)
     from byoc_orch.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -113,6 +130,39 @@ async def _run(settings: Settings) -> int:
     for warning in models.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return await serve(settings, models)
+
+
+def _export(settings: Settings, what: str, *, include_token: bool) -> int:
+    """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
+    from byoc_orch import exports
+    from byoc_orch.aimodels import ModelsFileError, load_models
+
+    if what == "live-runners":
+        try:
+            models = load_models(settings.models_path, reserved_ports=_reserved(settings))
+        except ModelsFileError as exc:
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            print(f"{settings.models_path} is invalid; nothing exported", file=sys.stderr)
+            return EXIT_INVALID
+        for warning in exports.live_runner_warnings(settings):
+            print(f"warning: {warning}", file=sys.stderr)
+        sys.stdout.write(exports.render(exports.live_runners(models, settings)))
+        return EXIT_OK
+    try:
+        entries = exports.fetch_warm_aimodels(settings, include_token=include_token)
+        exports.check_aimodels(entries)
+    except exports.DaemonUnreachableError as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ModelsFileError as exc:
+        for problem in exc.problems:
+            print(f"error: the export would not load: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if not entries:
+        print("warning: no worker is warm right now; the list is empty", file=sys.stderr)
+    sys.stdout.write(exports.render(entries))
+    return EXIT_OK
 
 
 async def _status(settings: Settings) -> int:

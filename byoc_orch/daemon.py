@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from byoc_orch.advertisers import build_advertisers
+from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import build_container_spec
@@ -28,6 +30,7 @@ from byoc_orch.engine import (
     EngineEvent,
     EventStream,
 )
+from byoc_orch.exports import public_url
 from byoc_orch.gpu import (
     GpuCollector,
     GpuInfo,
@@ -112,6 +115,7 @@ class Daemon:
         self._dispatcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._note_config_applied()
+        self.advertisers: list[Advertiser] = []
         self.gpu_inventory: list[GpuInfo] = []
         self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
         if self._gpus is not None:
@@ -119,7 +123,7 @@ class Daemon:
 
     @property
     def public_url(self) -> str:
-        return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+        return public_url(self.settings)
 
     async def start(self) -> None:
         """Reconcile with the engine and start every worker; raises EngineError if Docker is out
@@ -154,6 +158,9 @@ class Daemon:
             elif entry.warm:
                 worker.post(Launch())
         self.adopted = sorted(the_plan.adopt)
+        self.advertisers = build_advertisers(self.settings, self.registry, self._http, self.metrics)
+        for advertiser in self.advertisers:
+            await advertiser.start()
         self.ready = True
         log.info(
             "reconciled",
@@ -237,6 +244,9 @@ class Daemon:
             self.proxy.end_worker_sessions(worker_id, EndReason.SHUTDOWN, "byoc-orch stopped")
         self.registry.withdraw_all()
         await asyncio.gather(*halted, return_exceptions=True)
+        await asyncio.gather(
+            *(advertiser.aclose() for advertiser in self.advertisers), return_exceptions=True
+        )
         if self.settings.stop_containers_on_exit:
             await asyncio.gather(
                 *(

@@ -185,6 +185,7 @@ class Engine:
         self._environment = dict(environment or {})
         self._client: docker.DockerClient | None = None
         self._pulls: PullCoordinator[ImageInfo] = PullCoordinator()
+        self._missing_locks: dict[str, asyncio.Lock] = {}
         self._ownership = ownership_labels(instance)
 
     # -- connection ---------------------------------------------------------------------------
@@ -251,23 +252,32 @@ class Engine:
     async def ensure_image(self, ref: ImageRef, policy: PullPolicy | str) -> PullResult:
         """Make `ref` available locally as the pull policy says."""
         policy = PullPolicy(policy)
-        local = await self.image(ref)
+        if policy is PullPolicy.ALWAYS:
+            # Join (or start) the shared pull before anything else is awaited, so callers
+            # arriving together share one pull; the local copy is only a fallback.
+            try:
+                return await self.pull(ref)
+            except (RegistryUnreachable, RegistryAuthError, ImageNotFound, PullFailed) as exc:
+                local = await self.image(ref)
+                if local is None:
+                    raise
+                log.warning("pull failed; running the local copy", image=str(ref), reason=str(exc))
+                return PullResult(local, pulled=False, note=f"pull failed, local copy used: {exc}")
         if policy is PullPolicy.NEVER:
+            local = await self.image(ref)
             if local is None:
                 raise ImageNotFound(
                     f"image {ref} is not on this Docker engine and its pull policy is 'never' — "
                     f'load it (docker pull/load {ref}) or set "pull": "missing"'
                 )
             return PullResult(local, pulled=False)
-        if policy is PullPolicy.MISSING and local is not None:
-            return PullResult(local, pulled=False)
-        try:
+        # "missing": look and pull under one lock per image, so a caller that looks just after
+        # another's pull finished finds the image instead of pulling it again.
+        async with self._missing_locks.setdefault(ref.canonical, asyncio.Lock()):
+            local = await self.image(ref)
+            if local is not None:
+                return PullResult(local, pulled=False)
             return await self.pull(ref)
-        except (RegistryUnreachable, RegistryAuthError, ImageNotFound, PullFailed) as exc:
-            if policy is PullPolicy.ALWAYS and local is not None:
-                log.warning("pull failed; running the local copy", image=str(ref), reason=str(exc))
-                return PullResult(local, pulled=False, note=f"pull failed, local copy used: {exc}")
-            raise
 
     async def pull(self, ref: ImageRef) -> PullResult:
         """Pull `ref` now, sharing a pull of the same image already in flight."""

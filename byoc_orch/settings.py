@@ -164,6 +164,35 @@ class Settings(BaseSettings):
     register_retry_max: float = Field(
         default=30.0, gt=0, description="Cap of the retry delay when go-livepeer is down."
     )
+    byoc_register: bool = Field(
+        default=True,
+        description=(
+            "Register warm capabilities with go-livepeer's BYOC /capability/register when "
+            "ORCH_URL and ORCH_SECRET are set."
+        ),
+    )
+    live_runner_heartbeat: bool = Field(
+        default=False,
+        description=(
+            "Register warm workers as go-livepeer Live Runners by heartbeat (needs ORCH_URL "
+            "and ORCH_SECRET)."
+        ),
+    )
+    register_probe_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "Seconds between cheap checks that go-livepeer is up (a restart there is answered "
+            "by re-registering the warm set)."
+        ),
+    )
+    orch_tls_verify: bool = Field(
+        default=False,
+        description=(
+            "Verify go-livepeer's TLS certificate. go-livepeer makes a new self-signed one at "
+            "every start, so verification is off unless it sits behind a real certificate."
+        ),
+    )
     gpu_metrics: bool = Field(
         default=True,
         description="Read GPU gauges through NVML; without a driver there are no GPU series.",

@@ -210,3 +210,75 @@ def test_status_with_unreachable_engine(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert NO_ENGINE in err
     assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_live_runners(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fake_livepeer import check_static_runner_config
+
+    monkeypatch.setenv("BYOC_ORCH_PUBLIC_URL", "http://10.1.2.3:9935")
+    assert main(["export", "live-runners", "--models", str(EXAMPLE)]) == EXIT_OK
+    captured = capsys.readouterr()
+    entries = check_static_runner_config(captured.out.encode(), onchain=False)
+    assert len(entries) == len(json.loads(EXAMPLE.read_text()))
+    assert all(e["health_url"].startswith("http://10.1.2.3:9935/live-runner/") for e in entries)
+    assert captured.err == ""
+
+
+def test_export_live_runners_warns_about_the_fallback_url_and_the_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "tok-Vb7")
+    assert main(["export", "live-runners", "--models", str(EXAMPLE), "--port", "9999"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert '"runner_url": "http://127.0.0.1:9999/proxy/' in captured.out
+    assert "warning: BYOC_ORCH_PUBLIC_URL is not set" in captured.err
+    assert "BYOC_ORCH_API_TOKEN is set" in captured.err
+    assert "tok-Vb7" not in captured.out + captured.err
+
+
+def test_export_live_runners_of_an_invalid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path / "aiModels.json", '[{"pipeline": "p"}]')
+    assert main(["export", "live-runners", "--models", str(bad)]) == EXIT_INVALID
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "nothing exported" in captured.err
+
+
+def test_export_aimodels_from_the_running_daemon(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from byoc_orch.aimodels import parse_models
+    from tests.test_exports import fake_daemon, warm_listing
+
+    monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "tok-Vb7")
+    with fake_daemon(warm_listing()) as port:
+        assert main(["export", "aimodels", "--port", str(port)]) == EXIT_OK
+        plain = capsys.readouterr()
+        assert main(["export", "aimodels", "--port", str(port), "--include-token"]) == EXIT_OK
+        with_token = capsys.readouterr()
+    models = parse_models(plain.out, source="stdout")
+    assert [m.model_id for m in models.entries] == ["comfyui", "streamdiffusion"]
+    assert not any(m.managed for m in models.entries)
+    assert "free_capacity" not in plain.out
+    assert "tok-Vb7" not in plain.out + plain.err
+    assert [e["token"] for e in json.loads(with_token.out)] == ["tok-Vb7", "tok-Vb7"]
+
+
+def test_export_aimodels_without_a_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    assert main(["export", "aimodels", "--port", str(port)]) == EXIT_UNAVAILABLE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"cannot reach the byoc-orch daemon at http://127.0.0.1:{port}/capabilities" in (
+        captured.err
+    )
+    assert "Traceback" not in captured.err

@@ -187,6 +187,17 @@ async def test_concurrent_pulls_of_one_image_pull_once(
     assert len({r.image.id for r in results}) == 1
 
 
+async def test_concurrent_missing_pulls_of_one_image_pull_once(
+    engine: Engine, docker_client: docker.DockerClient, harness: Harness
+) -> None:
+    """However late a caller looks, once one pull brought the image nobody pulls it again."""
+    ref = parse_image_ref(push_fresh_image(docker_client, harness.worker_image, harness.registry))
+    results = await asyncio.gather(*(engine.ensure_image(ref, "missing") for _ in range(8)))
+    assert engine.pulls_started == 1
+    assert sum(r.pulled for r in results) == 1
+    assert len({r.image.id for r in results}) == 1
+
+
 # -- containers ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,286 @@
+"""What every advertiser shares: the interface the daemon drives, and the plumbing for calling
+go-livepeer without ever exposing its secret.
+
+An advertiser mirrors the capability registry's warm set into one outward protocol. The
+registry calls subscribers synchronously inside the event loop, so an advertiser's callback
+only records the change and wakes the advertiser's own task; every network call happens in that
+task. A slow or refusing go-livepeer therefore delays nothing but that advertiser.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import structlog
+
+from byoc_orch.capabilities import Capability, CapabilityRegistry, Change
+from byoc_orch.metrics import Metrics
+from byoc_orch.settings import Settings
+
+CALL_TIMEOUT = 5.0
+"""Seconds one call to go-livepeer may take; go-livepeer answers these from memory."""
+
+
+class Result(StrEnum):
+    """Outcome of one outward call, as counted in byoc_orch_advertiser_calls_total."""
+
+    OK = "ok"
+    REFUSED = "refused"
+    """go-livepeer refused our credential (the orchestrator secret)."""
+    REJECTED = "rejected"
+    """go-livepeer refused this request's content; repeating it would fail the same way."""
+    UNAVAILABLE = "unavailable"
+    """No answer: connection refused or dropped, timeout, or a 5xx."""
+
+
+class OrchState(StrEnum):
+    """What an advertiser last learned about go-livepeer."""
+
+    UP = "up"
+    DOWN = "down"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int | None
+    text: str
+    result: Result
+    error: str | None = None
+    """What went wrong, without URL credentials or headers; None when an answer came back."""
+
+
+class Advertiser(abc.ABC):
+    """Mirrors the warm set into one outward protocol; built by `build_advertisers`."""
+
+    name: ClassVar[str]
+    calls: ClassVar[tuple[str, ...]]
+    """The `call` label values it counts, created at zero on start."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CapabilityRegistry,
+        http: httpx.AsyncClient,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self._shared_http = http
+        self._own_http: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._last_call: dict[str, Any] | None = None
+        self._last_error: str | None = None
+        self.log = structlog.get_logger(f"byoc_orch.advertisers.{self.name}")
+        if settings.orch_url and display_url(settings.orch_url) != settings.orch_url:
+            self.log.warning(
+                "ignoring the user:password part of BYOC_ORCH_ORCH_URL; go-livepeer "
+                "authenticates with BYOC_ORCH_ORCH_SECRET",
+                orch_url=display_url(settings.orch_url),
+            )
+
+    async def start(self) -> None:
+        """Subscribe, take in what is already warm, and start this advertiser's task."""
+        for call in self.calls:
+            for result in Result:
+                self.metrics.advertiser_calls.labels(self.name, call, str(result))
+        self._unsubscribe = self.registry.subscribe(self._on_change)
+        self._on_change(Change(added=tuple(self.registry.warm())))
+        self._task = asyncio.create_task(self._guarded_run(), name=f"advertiser-{self.name}")
+
+    async def aclose(self, unregister: bool = True, timeout: float = 5.0) -> None:
+        """Stop; with `unregister`, withdraw from go-livepeer everything this advertiser put
+        there. The call in flight is let finish (so nothing go-livepeer accepted goes unrecorded),
+        and all of it gives up after `timeout` seconds so shutdown is never held hostage."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._stopping = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                if self._task is not None:
+                    await asyncio.wait({self._task})
+                if unregister:
+                    await self._withdraw_everything()
+        except TimeoutError:
+            self.log.warning(
+                "gave up withdrawing from go-livepeer at shutdown",
+                advertiser=self.name,
+                after_seconds=timeout,
+                still_registered=self.registered_names(),
+            )
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._task = None
+            if self._own_http is not None:
+                await self._own_http.aclose()
+                self._own_http = None
+
+    def describe(self) -> dict[str, Any]:
+        """For the HTTP API: never contains a secret."""
+        return {
+            "advertiser": self.name,
+            "running": self._task is not None and not self._task.done(),
+            "last_call": self._last_call,
+            "last_error": self._last_error,
+            "registered": self.registered_names(),
+        }
+
+    @abc.abstractmethod
+    def registered_names(self) -> list[str]:
+        """What go-livepeer was last told this advertiser offers."""
+
+    @abc.abstractmethod
+    def _on_change(self, change: Change) -> None:
+        """Record the change and wake the task; runs inside the registry's notify, so no I/O."""
+
+    @abc.abstractmethod
+    async def _run(self) -> None:
+        """The advertiser's loop; returns once `_stopping` is set."""
+
+    @abc.abstractmethod
+    async def _withdraw_everything(self) -> None:
+        """Undo every registration (shutdown)."""
+
+    async def _guarded_run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("advertiser loop failed; restarting it", advertiser=self.name)
+                await asyncio.sleep(1.0)
+
+    async def _sleep_until_woken(self, timeout: float | None) -> None:
+        if timeout is not None and timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # ---------------------------------------------------------------- calling go-livepeer
+
+    @property
+    def orch_url(self) -> str:
+        """go-livepeer's base URL without any user:password part: the Authorization header
+        belongs to the orchestrator secret, and httpx logs request URLs."""
+        assert self.settings.orch_url is not None
+        return display_url(self.settings.orch_url)
+
+    def _client(self) -> httpx.AsyncClient:
+        """go-livepeer serves these routes on its TLS service port with a self-signed
+        certificate it regenerates at every start, so it cannot be pinned: unless
+        ORCH_TLS_VERIFY is set, an https orchestrator gets a client of our own that skips
+        verification (as pytrickle's registration does)."""
+        verify = bool(getattr(self.settings, "orch_tls_verify", False))
+        if verify or urlsplit(self.orch_url).scheme != "https":
+            return self._shared_http
+        if self._own_http is None:
+            self._own_http = httpx.AsyncClient(verify=False, trust_env=False)
+        return self._own_http
+
+    async def _call(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        authorization: str | None,
+        content: bytes | None = None,
+        subject: str | None = None,
+        timeout: float = CALL_TIMEOUT,
+        classify: Callable[[int, str], Result] | None = None,
+    ) -> Reply:
+        """One request to go-livepeer, counted in the metrics. Exceptions become a Reply whose
+        error text names the exception type and message only (httpx puts no headers in its
+        messages; the URL we build never carries the secret)."""
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        if content is not None and content[:1] in (b"{", b"["):
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self._client().request(
+                method, self.orch_url + path, content=content, headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            reply = Reply(None, "", Result.UNAVAILABLE, f"{type(exc).__name__}: {exc}".strip())
+        else:
+            text = response.text
+            if response.status_code >= 500:
+                result = Result.UNAVAILABLE
+            elif classify is not None:
+                result = classify(response.status_code, text)
+            else:
+                result = Result.OK if response.status_code < 400 else Result.REJECTED
+            error = None if result is Result.OK else f"HTTP {response.status_code}: {text.strip()}"
+            reply = Reply(response.status_code, text, result, error)
+        self.metrics.advertiser_calls.labels(self.name, call, str(reply.result)).inc()
+        self._last_call = {
+            "call": call,
+            "subject": subject,
+            "result": str(reply.result),
+            "status": reply.status,
+            "at": time.time(),
+        }
+        if reply.error is not None:
+            self._last_error = f"{call} {subject or ''}: {reply.error}".replace("  ", " ")
+        return reply
+
+
+class Backoff:
+    """Exponential retry delays: `initial`, doubling, capped at `maximum`."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = max(maximum, initial)
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+def display_url(url: str) -> str:
+    """The URL without any user:password part, for logs and describe()."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def secret_value(settings: Settings) -> str:
+    assert settings.orch_secret is not None
+    return settings.orch_secret.get_secret_value()
+
+
+def warm_by_worker(change: Change, into: dict[str, Capability]) -> None:
+    """Apply a registry change to a worker_id → Capability mirror, keeping first-seen order."""
+    for capability in change.withdrawn:
+        into.pop(capability.worker_id, None)
+    for capability in change.added:
+        into[capability.worker_id] = capability

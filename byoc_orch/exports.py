@@ -1,0 +1,122 @@
+"""Files for go-livepeer, printed by `byoc-orch export`.
+
+* `live-runners`: the `-liveRunnerConfig` document for every aiModels.json entry, built from the
+  file and the settings alone. go-livepeer polls each entry's readiness URL, so cold entries are
+  listed too and become routable once warm.
+* `aimodels`: the warm entries in go-livepeer's aiModels.json shape with `url` on byoc-orch's
+  proxy, read from the running daemon's `GET /capabilities` — only the daemon knows what is warm.
+
+Neither ever contains the orchestrator secret; `aimodels` contains BYOC_ORCH_API_TOKEN only when
+asked (`--include-token`), since go-livepeer must then send it as the workers' `token`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import httpx
+
+from byoc_orch.advertisers.live_runner import runners_document
+from byoc_orch.aimodels import ModelsFile, parse_models
+from byoc_orch.settings import Settings
+
+AIMODELS_KEYS = (
+    "pipeline",
+    "model_id",
+    "url",
+    "token",
+    "warm",
+    "capacity",
+    "optimization_flags",
+    "gateway",
+    "price_per_unit",
+    "pixels_per_unit",
+    "currency",
+)
+"""go-livepeer's AIModelConfig fields (core/ai.go), in its order."""
+
+
+class DaemonUnreachableError(Exception):
+    """The running daemon could not be asked; the message says where and why."""
+
+
+def public_url(settings: Settings) -> str:
+    return settings.public_url or f"http://{_client_host(settings.host)}:{settings.port}"
+
+
+def daemon_url(settings: Settings) -> str:
+    """Where this host reaches the daemon's API: a wildcard bind address becomes loopback."""
+    return f"http://{_client_host(settings.host)}:{settings.port}"
+
+
+def _client_host(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "[::1]"
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def live_runners(models: ModelsFile, settings: Settings) -> dict[str, Any]:
+    return runners_document(models.entries, public_url(settings))
+
+
+def live_runner_warnings(settings: Settings) -> list[str]:
+    """What would stop go-livepeer from using the exported runners."""
+    warnings = []
+    if settings.public_url is None:
+        warnings.append(
+            f"BYOC_ORCH_PUBLIC_URL is not set; the runners point at {public_url(settings)} — "
+            "set it to byoc-orch's address as go-livepeer reaches it"
+        )
+    if settings.api_token is not None and settings.api_token.get_secret_value():
+        warnings.append(
+            "BYOC_ORCH_API_TOKEN is set, but go-livepeer's live runner proxy forwards the "
+            "client's headers, not a token: session calls through it will get 401 — serve "
+            "live runners from a byoc-orch bound to a private address without a token"
+        )
+    return warnings
+
+
+def fetch_warm_aimodels(
+    settings: Settings, *, include_token: bool = False, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """The daemon's warm entries, reduced to go-livepeer's aiModels.json fields."""
+    url = daemon_url(settings) + "/capabilities"
+    try:
+        response = httpx.get(url, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise DaemonUnreachableError(
+            f"cannot reach the byoc-orch daemon at {url} ({type(exc).__name__}: {exc}) — is "
+            "`byoc-orch run` running with the same --host/--port (BYOC_ORCH_HOST/PORT)?"
+        ) from None
+    if response.status_code != 200:
+        raise DaemonUnreachableError(
+            f"the byoc-orch daemon at {url} answered HTTP {response.status_code}"
+        )
+    try:
+        listed = response.json()
+        assert isinstance(listed, list)
+    except (ValueError, AssertionError):
+        raise DaemonUnreachableError(f"{url} did not answer with a JSON list") from None
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else ""
+    entries = []
+    for item in listed:
+        entry = {key: item[key] for key in AIMODELS_KEYS if key in item and key != "token"}
+        if include_token and token:
+            entry = {**entry, "token": token}
+        entries.append(entry)
+    return entries
+
+
+def check_aimodels(entries: list[dict[str, Any]]) -> ModelsFile:
+    """Parse the export as byoc-orch (and so go-livepeer) would; ModelsFileError if it fails."""
+    return parse_models(json.dumps(entries), source="exported aiModels.json")
+
+
+def render(document: Any) -> str:
+    return json.dumps(document, indent=2) + "\n"
