@@ -50,7 +50,7 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
             host=settings.host,
             port=settings.port,
             log_config=None,
-            access_log=False,
+            access_log=settings.access_log,
             lifespan="off",
             timeout_graceful_shutdown=3,
         )

@@ -197,6 +197,13 @@ class Settings(BaseSettings):
         default=True,
         description="Read GPU gauges through NVML; without a driver there are no GPU series.",
     )
+    access_log: bool = Field(
+        default=False,
+        description=(
+            "One log line per HTTP request to byoc-orch's API (uvicorn's access log, as JSON "
+            "with client, method, path, status). Off by default: session calls are logged anyway."
+        ),
+    )
     log_level: LogLevel = "info"
     log_format: LogFormat = Field(
         default="auto",
