@@ -225,7 +225,6 @@ class Daemon:
             entry,
             spec=spec,
             engine=self.engine,
-            http=self._http,
             registry=self.registry,
             policy=self._policy_for(entry),
             proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",

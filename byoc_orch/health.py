@@ -1,4 +1,4 @@
-"""Reading a worker's /health answer, and asking for it.
+"""Reading a worker's /health answer (asking for it is prober.py's job).
 
 pytrickle answers 200 for LOADING and ERROR too, so the status code alone never decides: the
 body's `status` does. `ok`/`OK`/`IDLE` (any case) is warm, `LOADING` is still starting,
@@ -8,13 +8,9 @@ probe.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass
 from enum import StrEnum
-
-import httpx
 
 WARM_STATUSES = frozenset({"ok", "idle"})
 
@@ -60,33 +56,3 @@ def classify(http_status: int, body: bytes) -> tuple[Verdict, str, str | None]:
     if reported is None:
         return Verdict.FAILED, 'unreadable body (want JSON {"status": ...})', None
     return Verdict.FAILED, f"unknown status {str(reported)[:40]!r}", str(reported)
-
-
-async def probe(client: httpx.AsyncClient, url: str, timeout: float) -> ProbeResult:
-    """One GET of the health URL; never raises."""
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):  # httpx's timeout is per step, not per request
-            reply = await client.get(url, timeout=timeout)
-            body = reply.content
-    except (httpx.TimeoutException, TimeoutError):
-        return _failed(f"no answer within {timeout:g} s", started)
-    except httpx.ConnectError:
-        return _failed("connection refused", started)
-    except httpx.HTTPError as exc:
-        return _failed(f"{type(exc).__name__}: {exc}"[:120], started)
-    verdict, detail, reported = classify(reply.status_code, body)
-    return ProbeResult(
-        verdict,
-        detail,
-        latency=time.perf_counter() - started,
-        http_status=reply.status_code,
-        reported=reported,
-        at=time.time(),
-    )
-
-
-def _failed(detail: str, started: float) -> ProbeResult:
-    return ProbeResult(
-        Verdict.FAILED, detail, latency=time.perf_counter() - started, at=time.time()
-    )

@@ -14,15 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import structlog
 
 from byoc_orch.aimodels import ModelEntry
 from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import Engine, EngineError
-from byoc_orch.health import ProbeResult, Verdict, probe
+from byoc_orch.health import ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
+from byoc_orch.prober import HealthProber
 from byoc_orch.worker_state import (
     Action,
     Discard,
@@ -55,7 +55,6 @@ class Worker:
         *,
         spec: ContainerSpec | None,
         engine: Engine,
-        http: httpx.AsyncClient,
         registry: CapabilityRegistry,
         policy: Policy,
         proxy_url: str,
@@ -74,7 +73,6 @@ class Worker:
         self.metrics = metrics or Metrics()
         self._launched_at: float | None = None
         self._engine = engine
-        self._http = http
         self._registry = registry
         self._probe_timeout = probe_timeout
         self._stop_timeout = stop_timeout
@@ -84,6 +82,7 @@ class Worker:
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[None] | None = None
+        self._prober: HealthProber | None = None
         self._log = log.bind(
             worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
@@ -134,6 +133,8 @@ class Worker:
         for task in tasks:
             task.cancel()
         self._tasks, self._probe = [], None
+        if self._prober is not None:
+            self._prober.close()
         return tasks
 
     async def close(self) -> None:
@@ -230,7 +231,12 @@ class Worker:
     async def _run_probe(self) -> None:
         target = self.status.container_id
         try:
-            result = await probe(self._http, self.health_url, self._probe_timeout)
+            url = self.health_url
+            if self._prober is None or self._prober.url != url:
+                if self._prober is not None:
+                    self._prober.close()
+                self._prober = HealthProber(url)
+            result = await self._prober.probe(self._probe_timeout)
         except Exception as exc:  # a probe must always answer, or probing would stop
             result = ProbeResult(Verdict.FAILED, f"probe error: {type(exc).__name__}")
         labels = (self.entry.pipeline, self.entry.model_id)
