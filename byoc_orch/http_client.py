@@ -14,9 +14,11 @@ Two costs of httpx's defaults matter at a few hundred workers, and both are avoi
 
 from __future__ import annotations
 
+import http.cookiejar
 import importlib.util
 import ssl
 import sys
+import urllib.request
 
 import httpx
 
@@ -24,6 +26,17 @@ import httpx
 def _skip_sniffio_search() -> None:
     if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """byoc-orch keeps no cookies: a worker's Set-Cookie belongs to the caller the answer is
+    relayed to, and must never ride along on byoc-orch's next request."""
+
+    def add_cookie_header(self, request: urllib.request.Request) -> None:
+        return None
+
+    def extract_cookies(self, response: object, request: urllib.request.Request) -> None:
+        return None
 
 
 class PerOriginTransport(httpx.AsyncBaseTransport):
@@ -61,4 +74,6 @@ def shared_client(per_origin_connections: int = 64) -> httpx.AsyncClient:
         max_connections=per_origin_connections,
         max_keepalive_connections=max(per_origin_connections // 4, 2),
     )
-    return httpx.AsyncClient(transport=PerOriginTransport(limits), trust_env=False)
+    return httpx.AsyncClient(
+        transport=PerOriginTransport(limits), trust_env=False, cookies=_NoCookies()
+    )

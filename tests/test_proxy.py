@@ -429,3 +429,48 @@ async def test_unreachable_worker_is_502_and_a_silent_one_504(tmp_path: Any) -> 
     finally:
         await daemon.stop()
         server.close()
+
+
+async def test_worker_cookies_are_relayed_not_kept(tmp_path: Any) -> None:
+    """A Set-Cookie from one worker reaches the caller; byoc-orch never sends it back."""
+    from byoc_orch.aimodels import parse_models
+    from byoc_orch.settings import Settings
+
+    seen: list[str] = []
+
+    async def cookie_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head:
+                break
+            cookie = [
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"cookie:")
+            ]
+            seen.append(cookie[0] if cookie else "")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\n"
+                b"Content-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(cookie_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    models = parse_models(
+        json.dumps([{"pipeline": "p", "model_id": "c", "url": f"http://127.0.0.1:{port}"}]),
+        source="test",
+    )
+    daemon = Daemon(Settings(instance=f"t{uuid.uuid4().hex[:8]}", port=free_port()), models)
+    await daemon.start()
+    try:
+        async with api(daemon) as client:
+            worker_id = only(daemon).worker_id
+            first = await client.get(f"/proxy/{worker_id}/v1/thing")
+            assert first.headers["set-cookie"] == "session=abc; Path=/"
+            client.cookies.clear()
+            await client.get(f"/proxy/{worker_id}/v1/thing")
+        assert seen == ["", ""]
+    finally:
+        await daemon.stop()
+        server.close()
