@@ -20,6 +20,7 @@ from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
+from byoc_orch.instance_lock import InstanceLocked, acquire
 from byoc_orch.sd_notify import Notifier, run_watchdog
 from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
 
@@ -43,6 +44,18 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
     except SettingsError as exc:
         log.error("refusing to start", error=str(exc))
         return EXIT_INVALID
+    try:
+        lock = acquire(settings.instance, settings.docker_host)
+    except InstanceLocked as exc:
+        log.error("refusing to start", error=str(exc))
+        return EXIT_INVALID
+    try:
+        return await _serve(settings, models)
+    finally:
+        lock.close()
+
+
+async def _serve(settings: Settings, models: ModelsFile) -> int:
     daemon = Daemon(settings, models)
     server = _Server(
         uvicorn.Config(
