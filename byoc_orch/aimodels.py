@@ -56,20 +56,19 @@ __all__ = [
 ]
 
 DEFAULT_CONTAINER_PORT = 8000
-GO_LIVEPEER_FIELDS = frozenset(
-    {
-        "pipeline",
-        "model_id",
-        "url",
-        "token",
-        "warm",
-        "capacity",
-        "optimization_flags",
-        "gateway",
-        "price_per_unit",
-        "pixels_per_unit",
-        "currency",
-    }
+# go-livepeer's AIModelConfig fields (core/ai.go), in its order.
+GO_LIVEPEER_FIELDS = (
+    "pipeline",
+    "model_id",
+    "url",
+    "token",
+    "warm",
+    "capacity",
+    "optimization_flags",
+    "gateway",
+    "price_per_unit",
+    "pixels_per_unit",
+    "currency",
 )
 # Fields that only mean something when byoc-orch runs the container itself.
 CONTAINER_ONLY_FIELDS = frozenset(

@@ -102,6 +102,9 @@ class CapabilityRegistry:
     def warm(self) -> list[Capability]:
         return sorted(self._warm.values(), key=lambda c: c.name)
 
+    def __len__(self) -> int:
+        return len(self._warm)
+
     def is_warm(self, worker_id: str) -> bool:
         return worker_id in self._warm
 

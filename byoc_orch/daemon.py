@@ -425,7 +425,7 @@ class Daemon:
 
     def _capabilities_changed(self, change: Change) -> None:
         """A worker that left the warm set takes its sessions with it, at once."""
-        self.metrics.capabilities_warm.set(len(self.registry.warm()))
+        self.metrics.capabilities_warm.set(len(self.registry))
         for capability in change.withdrawn:
             worker = self.workers.get(capability.worker_id)
             if worker is None or not self.sessions.in_use(capability.worker_id):
@@ -461,6 +461,6 @@ class Daemon:
             "ready": self.ready,
             "instance": self.settings.instance,
             "workers": len(self.workers),
-            "warm": len(self.registry.warm()),
+            "warm": len(self.registry),
             "states": states,
         }

@@ -19,23 +19,10 @@ from typing import Any
 import httpx
 
 from byoc_orch.advertisers.live_runner import runners_document
-from byoc_orch.aimodels import ModelsFile, parse_models
+from byoc_orch.aimodels import GO_LIVEPEER_FIELDS, ModelsFile, parse_models
 from byoc_orch.settings import Settings
 
-AIMODELS_KEYS = (
-    "pipeline",
-    "model_id",
-    "url",
-    "token",
-    "warm",
-    "capacity",
-    "optimization_flags",
-    "gateway",
-    "price_per_unit",
-    "pixels_per_unit",
-    "currency",
-)
-"""go-livepeer's AIModelConfig fields (core/ai.go), in its order."""
+AIMODELS_KEYS = GO_LIVEPEER_FIELDS
 
 
 class DaemonUnreachableError(Exception):

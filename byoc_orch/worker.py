@@ -83,6 +83,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[None] | None = None
         self._prober: HealthProber | None = None
+        self._status_waiters: list[asyncio.Future[None]] = []
         self._log = log.bind(
             worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
@@ -144,12 +145,16 @@ class Worker:
                 await task
 
     async def wait_for(self, predicate: Callable[[Status], bool], timeout: float) -> Status:
-        """Wait until the status satisfies `predicate` (used by shutdown and tests)."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.status):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.worker_id} still {self.status.state}")
-            await asyncio.sleep(0.02)
+        """Wait until the status satisfies `predicate` (used by reload and tests); woken by
+        each status change, not by polling."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self.status):
+                    changed = asyncio.get_running_loop().create_future()
+                    self._status_waiters.append(changed)
+                    await changed
+        except TimeoutError:
+            raise TimeoutError(f"{self.worker_id} still {self.status.state}") from None
         return self.status
 
     # -- the loop -------------------------------------------------------------------------------
@@ -170,6 +175,10 @@ class Worker:
     def _apply(self, event: Event) -> None:
         before = self.status
         self.status, actions = decide(before, event, self._clock(), self.policy)
+        waiters, self._status_waiters = self._status_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if self.status.container_id and self.status.container_id != before.container_id:
             self._log = self._log.bind(container_id=self.status.container_id[:12])
         if self.status.state is not before.state:

@@ -42,8 +42,8 @@ def build_advertisers(
         and settings.orch_secret.get_secret_value()
     )
     chosen: list[type[Advertiser]] = []
-    if has_orch and getattr(settings, "byoc_register", True):
+    if has_orch and settings.byoc_register:
         chosen.append(ByocRegisterAdvertiser)
-    if has_orch and getattr(settings, "live_runner_heartbeat", False):
+    if has_orch and settings.live_runner_heartbeat:
         chosen.append(LiveRunnerHeartbeatAdvertiser)
     return [kind(settings, registry, http, metrics) for kind in chosen]

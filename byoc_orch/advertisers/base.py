@@ -85,12 +85,37 @@ class Advertiser(abc.ABC):
         self._last_call: dict[str, Any] | None = None
         self._last_error: str | None = None
         self.log = structlog.get_logger(f"byoc_orch.advertisers.{self.name}")
+        self._retry_max = settings.register_retry_max
+        self._backoff = Backoff(settings.register_retry_initial, settings.register_retry_max)
+        self._state = OrchState.UP
+        self._retry_at = 0.0
         if settings.orch_url and display_url(settings.orch_url) != settings.orch_url:
             self.log.warning(
                 "ignoring the user:password part of BYOC_ORCH_ORCH_URL; go-livepeer "
                 "authenticates with BYOC_ORCH_ORCH_SECRET",
                 orch_url=display_url(settings.orch_url),
             )
+
+    def _refused(self, now: float, reply: Reply, message: str) -> bool:
+        """go-livepeer refused the secret: say so once, then ask only every retry_max."""
+        if self._state is not OrchState.REFUSED:
+            self.log.error(message, orch_url=self.orch_url, reply=reply.error)
+        else:
+            self.log.debug("go-livepeer still refuses the orchestrator secret")
+        self._state = OrchState.REFUSED
+        self._retry_at = now + self._retry_max
+        return False
+
+    def _unreachable(self, now: float, reply: Reply, message: str) -> bool:
+        """go-livepeer did not answer: back off, warning once per outage."""
+        delay = self._backoff.next()
+        if self._state is not OrchState.DOWN:
+            self.log.warning(message, orch_url=self.orch_url, error=reply.error, retry_in=delay)
+        else:
+            self.log.debug("go-livepeer still unreachable", error=reply.error, retry_in=delay)
+        self._state = OrchState.DOWN
+        self._retry_at = now + delay
+        return False
 
     async def start(self) -> None:
         """Subscribe, take in what is already warm, and start this advertiser's task."""
@@ -190,7 +215,7 @@ class Advertiser(abc.ABC):
         certificate it regenerates at every start, so it cannot be pinned: unless
         ORCH_TLS_VERIFY is set, an https orchestrator gets a client of our own that skips
         verification (as pytrickle's registration does)."""
-        verify = bool(getattr(self.settings, "orch_tls_verify", False))
+        verify = self.settings.orch_tls_verify
         if verify or urlsplit(self.orch_url).scheme != "https":
             return self._shared_http
         if self._own_http is None:

@@ -65,7 +65,6 @@ from typing import Any, ClassVar
 
 from byoc_orch.advertisers.base import (
     Advertiser,
-    Backoff,
     OrchState,
     Reply,
     Result,
@@ -80,7 +79,6 @@ REFUSED_MESSAGE = (
     "-orchSecret"
 )
 INT64_MAX = 2**63 - 1
-DEFAULT_PROBE_INTERVAL = 2.0
 
 
 def capability_name(capability: Capability) -> str:
@@ -138,17 +136,11 @@ class ByocRegisterAdvertiser(Advertiser):
         self._secret = secret_value(s)
         self._token = s.api_token.get_secret_value() if s.api_token is not None else ""
         self._refresh_interval = s.register_refresh_interval
-        self._probe_interval = float(
-            getattr(s, "register_probe_interval", None) or DEFAULT_PROBE_INTERVAL
-        )
-        self._retry_max = s.register_retry_max
-        self._backoff = Backoff(s.register_retry_initial, s.register_retry_max)
+        self._probe_interval = s.register_probe_interval
         self._warm: dict[str, Capability] = {}
         self._registered: dict[str, bytes] = {}
         self._rejected: dict[str, tuple[bytes, str]] = {}
         self._conflicts: dict[str, str] = {}
-        self._state = OrchState.UP
-        self._retry_at = 0.0
         self._force_all = False
         self._refresh_idle = False
         now = time.monotonic()
@@ -305,13 +297,8 @@ class ByocRegisterAdvertiser(Advertiser):
                 return False
             return True
         if reply.result is Result.REFUSED:
-            if self._state is not OrchState.REFUSED:
-                self.log.error(REFUSED_MESSAGE, orch_url=self.orch_url, reply=reply.error)
-            else:
-                self.log.debug("go-livepeer still refuses the orchestrator secret")
-            self._state = OrchState.REFUSED
-            self._retry_at = now + self._retry_max
-            return False
+            return self._refused(now, reply, REFUSED_MESSAGE)
+        return self._unreachable(now, reply, "go-livepeer unreachable; retrying with back-off")
         delay = self._backoff.next()
         if self._state is not OrchState.DOWN:
             self.log.warning(

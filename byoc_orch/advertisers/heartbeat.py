@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 
 from byoc_orch.advertisers.base import (
     Advertiser,
-    Backoff,
     OrchState,
     Reply,
     Result,
@@ -101,14 +100,10 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
         super().__init__(*args, **kwargs)
         s = self.settings
         self._secret = secret_value(s)
-        self._retry_max = s.register_retry_max
-        self._backoff = Backoff(s.register_retry_initial, s.register_retry_max)
         self._warm: dict[str, Capability] = {}
         self._runners: dict[str, _Runner] = {}
         self._leaving: dict[str, _Runner] = {}
-        self._state = OrchState.UP
         self._refusal: str | None = None
-        self._retry_at = 0.0
 
     def registered_names(self) -> list[str]:
         return sorted(
@@ -213,26 +208,12 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
                 self._backoff.reset()
             return True
         if reply.result is Result.REFUSED:
-            if self._state is not OrchState.REFUSED:
-                self.log.error(
-                    self._refusal or "go-livepeer refused live runner registration",
-                    orch_url=self.orch_url,
-                    reply=reply.error,
-                )
-            self._state = OrchState.REFUSED
-            self._retry_at = now + self._retry_max
-            return False
-        delay = self._backoff.next()
-        if self._state is not OrchState.DOWN:
-            self.log.warning(
-                "go-livepeer unreachable for live runner heartbeats; retrying with back-off",
-                orch_url=self.orch_url,
-                error=reply.error,
-                retry_in=delay,
+            return self._refused(
+                now, reply, self._refusal or "go-livepeer refused live runner registration"
             )
-        self._state = OrchState.DOWN
-        self._retry_at = now + delay
-        return False
+        return self._unreachable(
+            now, reply, "go-livepeer unreachable for live runner heartbeats; retrying with back-off"
+        )
 
     async def _heartbeat(self, capability: Capability, runner: _Runner, body: bytes) -> Reply:
         bootstrap = runner.runner_id is None
