@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from byoc_orch.image_ref import ImageRef, ImageRefError, parse_image_ref
+from byoc_orch.offer import Offer, json_number
 
 __all__ = [
     "DEFAULT_CONTAINER_PORT",
@@ -224,18 +225,14 @@ def _positive_integer(value: Fraction) -> Fraction:
     return value
 
 
-def _rational_to_json(value: Fraction) -> int | float:
-    return value.numerator if value.denominator == 1 else float(value)
-
-
 # The number check sits outside the Optional because JSONRat refuses null as well.
 Price = Annotated[
-    Annotated[Fraction, AfterValidator(_non_negative), PlainSerializer(_rational_to_json)] | None,
+    Annotated[Fraction, AfterValidator(_non_negative), PlainSerializer(json_number)] | None,
     BeforeValidator(_rational),
     WithJsonSchema({"type": "number", "minimum": 0}),
 ]
 PixelsPerUnit = Annotated[
-    Annotated[Fraction, AfterValidator(_positive_integer), PlainSerializer(_rational_to_json)]
+    Annotated[Fraction, AfterValidator(_positive_integer), PlainSerializer(json_number)]
     | None,
     BeforeValidator(_rational),
     WithJsonSchema({"type": "integer", "minimum": 1}),
@@ -411,6 +408,13 @@ class GpuRequest:
     count: int | None
     device_ids: tuple[str, ...] = ()
 
+    @property
+    def shown(self) -> str | int | list[str]:
+        """As aiModels.json writes it: "all", a count, or the device list."""
+        if self.device_ids:
+            return list(self.device_ids)
+        return "all" if self.count in (None, -1) else int(self.count or 0)
+
 
 def worker_id(pipeline: str, model_id: str) -> str:
     """A stable, URL-safe id that is also a valid Docker container-name fragment.
@@ -583,6 +587,10 @@ class ModelEntry(BaseModel):
     @property
     def worker_id(self) -> str:
         return worker_id(self.pipeline, self.model_id)
+
+    @property
+    def offer(self) -> Offer:
+        return Offer(self.price_per_unit, self.pixels_per_unit, self.currency, self.gateway)
 
     @property
     def capability(self) -> str:

@@ -12,11 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
 
 from byoc_orch import __version__
-from byoc_orch.advertisers.live_runner import live_runner_router
+from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
 from byoc_orch.auth import token_denied
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
 from byoc_orch.proxy import SessionProxy
+from byoc_orch.routes import PROXY_PREFIX
 
 
 class ProxyFirst:
@@ -29,8 +30,8 @@ class ProxyFirst:
         self._proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/proxy/"):
-            worker_id, _, rest = scope["path"][len("/proxy/") :].partition("/")
+        if scope["type"] == "http" and scope["path"].startswith(PROXY_PREFIX):
+            worker_id, _, rest = scope["path"][len(PROXY_PREFIX) :].partition("/")
             if worker_id:
                 scope["path_params"] = {"worker_id": worker_id, "path": rest}
                 response = await self._proxy.handle_worker(Request(scope, receive))
@@ -121,11 +122,11 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         """Each advertiser's view of go-livepeer: what it registered, its last call and error."""
         return [advertiser.describe() for advertiser in daemon.advertisers]
 
-    def worker_status(worker_id: str) -> tuple[str, str | None] | None:
+    def worker_status(worker_id: str) -> WorkerStatus | None:
         found = daemon.workers.get(worker_id)
         if found is None:
             return None
-        return str(found.status.state), found.status.reason or None
+        return found.status.state, found.status.reason or None
 
     app.include_router(live_runner_router(worker_status))
 
@@ -156,9 +157,6 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         return JSONResponse({"result": "applied", **applied.summary()})
 
     proxy = daemon.proxy
-    every_method = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    app.add_route("/proxy/{worker_id}", proxy.handle_worker, methods=every_method)
-    app.add_route("/proxy/{worker_id}/{path:path}", proxy.handle_worker, methods=every_method)
     for prefix in ("/stream", "/api/stream"):
         for op in ("start", "stop", "params", "update"):
             app.add_route(f"{prefix}/{op}", proxy.handle_routed, methods=["POST"])

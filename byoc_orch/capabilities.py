@@ -7,11 +7,12 @@ same loop iteration as the event that withdrew it; advertisers subscribe to the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from byoc_orch.offer import Offer
 
 log = structlog.get_logger("byoc_orch.capabilities")
 
@@ -25,10 +26,7 @@ class Capability:
     model_id: str
     url: str
     capacity: int
-    price_per_unit: Fraction | None = None
-    pixels_per_unit: Fraction | None = None
-    currency: str | None = None
-    gateway: str | None = None
+    offer: Offer = field(default_factory=Offer)
     warm_since: float = 0.0
     in_use: int = 0
 
@@ -53,15 +51,7 @@ class Capability:
         }
         if with_free:
             entry["free_capacity"] = self.free
-        for key in ("price_per_unit", "pixels_per_unit"):
-            value = getattr(self, key)
-            if value is not None:
-                entry[key] = value.numerator if value.denominator == 1 else float(value)
-        if self.currency is not None:
-            entry["currency"] = self.currency
-        if self.gateway is not None:
-            entry["gateway"] = self.gateway
-        return entry
+        return {**entry, **self.offer.aimodels_fields()}
 
 
 @dataclass(frozen=True)
@@ -71,12 +61,6 @@ class Change:
 
     added: tuple[Capability, ...] = ()
     removed: tuple[Capability, ...] = ()
-
-    @property
-    def updated(self) -> tuple[Capability, ...]:
-        """New versions of capabilities that stayed warm."""
-        gone = {c.worker_id for c in self.removed}
-        return tuple(c for c in self.added if c.worker_id in gone)
 
     @property
     def withdrawn(self) -> tuple[Capability, ...]:

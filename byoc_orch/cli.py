@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from byoc_orch import __version__
-from byoc_orch.settings import Settings, SettingsError, load_settings
+from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
+from byoc_orch.settings import Settings, SettingsError, load_settings, reserved_ports
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_UNAVAILABLE = 2
+__all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "build_parser", "main"]
 
 
 def _settings_flags() -> argparse.ArgumentParser:
@@ -87,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         from byoc_orch.validate_cmd import run_validate
 
-        return run_validate(args.path or settings.models_path, reserved_ports=_reserved(settings))
+        return run_validate(
+            args.path or settings.models_path, reserved_ports=reserved_ports(settings)
+        )
     if args.command == "export":
         return _export(settings, args.what, include_token=args.include_token)
     from byoc_orch.logging import configure_logging
@@ -103,10 +104,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in names}
 
 
-def _reserved(settings: Settings) -> dict[int, str]:
-    return {settings.port: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"}
-
-
 def _version() -> int:
     import docker
 
@@ -119,13 +116,12 @@ async def _run(settings: Settings) -> int:
     """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
     from byoc_orch.aimodels import ModelsFileError, load_models
     from byoc_orch.server import serve
+    from byoc_orch.validate_cmd import print_problems
 
     try:
-        models = load_models(settings.models_path, reserved_ports=_reserved(settings))
+        models = load_models(settings.models_path, reserved_ports=reserved_ports(settings))
     except ModelsFileError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{settings.models_path} is invalid; nothing was started", file=sys.stderr)
+        print_problems(exc, f"{settings.models_path} is invalid; nothing was started")
         return EXIT_INVALID
     for warning in models.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -136,14 +132,13 @@ def _export(settings: Settings, what: str, *, include_token: bool) -> int:
     """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
     from byoc_orch import exports
     from byoc_orch.aimodels import ModelsFileError, load_models
+    from byoc_orch.validate_cmd import print_problems
 
     if what == "live-runners":
         try:
-            models = load_models(settings.models_path, reserved_ports=_reserved(settings))
+            models = load_models(settings.models_path, reserved_ports=reserved_ports(settings))
         except ModelsFileError as exc:
-            for problem in exc.problems:
-                print(f"error: {problem}", file=sys.stderr)
-            print(f"{settings.models_path} is invalid; nothing exported", file=sys.stderr)
+            print_problems(exc, f"{settings.models_path} is invalid; nothing exported")
             return EXIT_INVALID
         for warning in exports.live_runner_warnings(settings):
             print(f"warning: {warning}", file=sys.stderr)
@@ -156,8 +151,7 @@ def _export(settings: Settings, what: str, *, include_token: bool) -> int:
         print(f"byoc-orch: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ModelsFileError as exc:
-        for problem in exc.problems:
-            print(f"error: the export would not load: {problem}", file=sys.stderr)
+        print_problems(exc, "the export would not load; nothing printed")
         return EXIT_INVALID
     if not entries:
         print("warning: no worker is warm right now; the list is empty", file=sys.stderr)

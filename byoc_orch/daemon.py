@@ -21,7 +21,7 @@ from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
 from byoc_orch.capabilities import CapabilityRegistry, Change
-from byoc_orch.container_spec import build_container_spec
+from byoc_orch.container_spec import ContainerSpec, build_container_spec
 from byoc_orch.engine import (
     STREAM_LOST,
     STREAM_RESTORED,
@@ -30,22 +30,23 @@ from byoc_orch.engine import (
     EngineEvent,
     EventStream,
 )
-from byoc_orch.exports import public_url
 from byoc_orch.gpu import (
     GpuCollector,
     GpuInfo,
     GpuReader,
     GpuUnavailableError,
     gpu_request_warnings,
+    gpus_given,
 )
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
 from byoc_orch.proxy import SessionProxy
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
+from byoc_orch.routes import proxy_url
 from byoc_orch.sessions import EndReason, Session, SessionTable
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Adopt, Died, Launch, Policy, State, Status, Stop
+from byoc_orch.worker_state import Adopt, Died, Event, Launch, Policy, State, Status, Stop
 
 log = structlog.get_logger("byoc_orch.daemon")
 
@@ -115,15 +116,13 @@ class Daemon:
         self._dispatcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._note_config_applied()
-        self.advertisers: list[Advertiser] = []
+        self.advertisers: list[Advertiser] = build_advertisers(
+            settings, self.registry, self._http, self.metrics
+        )
         self.gpu_inventory: list[GpuInfo] = []
         self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
-
-    @property
-    def public_url(self) -> str:
-        return public_url(self.settings)
 
     async def start(self) -> None:
         """Reconcile with the engine and start every worker; raises EngineError if Docker is out
@@ -149,16 +148,9 @@ class Daemon:
                     "could not remove container", container_id=container_id[:12], error=str(exc)
                 )
         for entry in entries:
-            self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
-            worker = self._worker(entry, specs.get(entry.worker_id))
-            self.workers[worker.worker_id] = worker
-            worker.start()
-            if worker.worker_id in the_plan.adopt:
-                worker.post(Adopt(the_plan.adopt[worker.worker_id]))
-            elif entry.warm:
-                worker.post(Launch())
+            adopted = the_plan.adopt.get(entry.worker_id)
+            self._spawn(entry, specs.get(entry.worker_id), Adopt(adopted) if adopted else None)
         self.adopted = sorted(the_plan.adopt)
-        self.advertisers = build_advertisers(self.settings, self.registry, self._http, self.metrics)
         for advertiser in self.advertisers:
             await advertiser.start()
         self.ready = True
@@ -204,35 +196,38 @@ class Daemon:
     def gpu_devices(self, entry: ModelEntry) -> list[dict[str, Any]] | None:
         """The host GPUs an entry's container is given, when that can be known."""
         request = entry.gpu_request() if entry.managed else None
-        if request is None or not self.gpu_inventory:
+        if request is None:
             return None
-        if request.device_ids:
-            wanted = {d.lower() for d in request.device_ids}
-            chosen = [g for g in self.gpu_inventory if {str(g.index), g.uuid.lower()} & wanted]
-        elif request.count == -1:
-            chosen = list(self.gpu_inventory)
-        else:
-            return None
-        return [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in chosen]
+        chosen = gpus_given(request, self.gpu_inventory)
+        return None if chosen is None else [g.described() for g in chosen]
 
     def _policy_for(self, entry: ModelEntry) -> Policy:
         if entry.startup_timeout is None:
             return self.policy
         return replace(self.policy, startup_timeout=entry.startup_timeout)
 
-    def _worker(self, entry: ModelEntry, spec: Any) -> Worker:
-        return Worker(
+    def _spawn(self, entry: ModelEntry, spec: ContainerSpec | None, first: Event | None) -> None:
+        """Follow one entry with a new Worker: metrics at zero, its tasks started, and its first
+        event posted (`first`, else Launch when the entry is warm; a cold one waits)."""
+        self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
+        worker = Worker(
             entry,
             spec=spec,
             engine=self.engine,
             registry=self.registry,
             policy=self._policy_for(entry),
-            proxy_url=f"{self.public_url.rstrip('/')}/proxy/{entry.worker_id}",
+            proxy_url=proxy_url(self.settings.public_base_url, entry.worker_id),
             probe_timeout=self.settings.probe_timeout,
             stop_timeout=self.settings.stop_timeout,
             metrics=self.metrics,
             clock=self._clock,
         )
+        self.workers[worker.worker_id] = worker
+        worker.start()
+        if first is not None:
+            worker.post(first)
+        elif entry.warm:
+            worker.post(Launch())
 
     async def stop(self) -> None:
         """Withdraw every capability first, then stop following workers; by default the
@@ -343,16 +338,10 @@ class Daemon:
             entry = entries[worker_id]
             self.workers[worker_id].update_entry(entry, self._policy_for(entry))
         for worker_id in (*the_plan.replace, *the_plan.add):
-            entry = entries[worker_id]
             if worker_id in the_plan.replace:
                 old = self.workers[worker_id].entry
                 self.metrics.remove_worker(old.pipeline, old.model_id)
-            self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
-            worker = self._worker(entry, specs.get(worker_id))
-            self.workers[worker_id] = worker
-            worker.start()
-            if entry.warm:
-                worker.post(Launch())
+            self._spawn(entries[worker_id], specs.get(worker_id), None)
         self.workers = {worker_id: self.workers[worker_id] for worker_id in entries}
         self.models = models
         return the_plan

@@ -75,7 +75,7 @@ class RegistryUnreachable(EngineError):
     pass
 
 
-class PullFailed(EngineError):
+class ImagePullError(EngineError):
     pass
 
 
@@ -200,7 +200,10 @@ class Engine:
             tls = docker.utils.kwargs_from_env(environment=self._environment).get("tls")
             try:
                 self._client = docker.DockerClient(
-                    base_url=self.docker_host, timeout=self._timeout, tls=tls or False
+                    base_url=self.docker_host,
+                    # requests takes a float; the stubs say int
+                    timeout=self._timeout,  # type: ignore[arg-type]
+                    tls=tls or False,
                 )
             except docker.errors.DockerException as exc:
                 raise EngineUnavailable(
@@ -240,7 +243,9 @@ class Engine:
     def _image_blocking(self, ref: ImageRef) -> ImageInfo | None:
         with self._translate(f"look up image {ref}"):
             try:
-                attrs = self._docker().api.inspect_image(_local_name(ref))
+                attrs: dict[str, Any] = self._docker().api.inspect_image(  # type: ignore[no-untyped-call]
+                    _local_name(ref)
+                )
             except docker.errors.ImageNotFound:
                 return None
         return ImageInfo(
@@ -257,7 +262,7 @@ class Engine:
             # arriving together share one pull; the local copy is only a fallback.
             try:
                 return await self.pull(ref)
-            except (RegistryUnreachable, RegistryAuthError, ImageNotFound, PullFailed) as exc:
+            except (RegistryUnreachable, RegistryAuthError, ImageNotFound, ImagePullError) as exc:
                 local = await self.image(ref)
                 if local is None:
                     raise
@@ -306,7 +311,9 @@ class Engine:
                     log.info("pull progress", **summary.as_log_fields())
         image = self._image_blocking(ref)
         if image is None:
-            raise PullFailed(f"pull of {ref} ended but the engine has no such image — try again")
+            raise ImagePullError(
+                f"pull of {ref} ended but the engine has no such image — try again"
+            )
         log.info(
             "pulled image",
             image=str(ref),
@@ -378,7 +385,7 @@ class Engine:
             device_requests.append(
                 docker.types.DeviceRequest(
                     count=0 if spec.gpus.device_ids else (spec.gpus.count or -1),
-                    device_ids=list(spec.gpus.device_ids) or None,
+                    device_ids=list(spec.gpus.device_ids),
                     capabilities=[["gpu"]],
                 )
             )
@@ -477,7 +484,8 @@ class Engine:
         return EventStream(self._open_event_stream, reconnect_max_delay)
 
     def _open_event_stream(self, since: str | None) -> Any:
-        return self._docker().api.events(
+        # dockerd takes since as "seconds.nanoseconds", which resuming needs; the stubs say int
+        return self._docker().api.events(  # type: ignore[call-overload]
             since=since,
             decode=True,
             filters={
@@ -671,7 +679,7 @@ def _pull_error(ref: ImageRef, message: str) -> EngineError:
             f"registry {ref.registry} is unreachable while pulling {ref} ({message}) — check "
             "that it is up and reachable from this host; byoc-orch will retry"
         )
-    return PullFailed(f"pull of {ref} failed: {message}")
+    return ImagePullError(f"pull of {ref} failed: {message}")
 
 
 def _start_error(spec: ContainerSpec, message: str) -> EngineError:
@@ -758,10 +766,10 @@ __all__ = [
     "GpuUnavailable",
     "ImageInfo",
     "ImageNotFound",
+    "ImagePullError",
     "NameInUse",
     "NotOurContainer",
     "PortInUse",
-    "PullFailed",
     "PullPolicy",
     "PullResult",
     "RegistryAuthError",

@@ -12,7 +12,6 @@ asked (`--include-token`), since go-livepeer must then send it as the workers' `
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
@@ -29,27 +28,8 @@ class DaemonUnreachableError(Exception):
     """The running daemon could not be asked; the message says where and why."""
 
 
-def public_url(settings: Settings) -> str:
-    return settings.public_url or f"http://{_client_host(settings.host)}:{settings.port}"
-
-
-def daemon_url(settings: Settings) -> str:
-    """Where this host reaches the daemon's API: a wildcard bind address becomes loopback."""
-    return f"http://{_client_host(settings.host)}:{settings.port}"
-
-
-def _client_host(host: str) -> str:
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host
-    if address.is_unspecified:
-        return "127.0.0.1" if address.version == 4 else "[::1]"
-    return f"[{address}]" if address.version == 6 else str(address)
-
-
 def live_runners(models: ModelsFile, settings: Settings) -> dict[str, Any]:
-    return runners_document(models.entries, public_url(settings))
+    return runners_document(models.entries, settings.public_base_url)
 
 
 def live_runner_warnings(settings: Settings) -> list[str]:
@@ -57,7 +37,7 @@ def live_runner_warnings(settings: Settings) -> list[str]:
     warnings = []
     if settings.public_url is None:
         warnings.append(
-            f"BYOC_ORCH_PUBLIC_URL is not set; the runners point at {public_url(settings)} — "
+            f"BYOC_ORCH_PUBLIC_URL is not set; the runners point at {settings.public_base_url} — "
             "set it to byoc-orch's address as go-livepeer reaches it"
         )
     if settings.api_token is not None and settings.api_token.get_secret_value():
@@ -73,7 +53,7 @@ def fetch_warm_aimodels(
     settings: Settings, *, include_token: bool = False, timeout: float = 5.0
 ) -> list[dict[str, Any]]:
     """The daemon's warm entries, reduced to go-livepeer's aiModels.json fields."""
-    url = daemon_url(settings) + "/capabilities"
+    url = settings.local_api_url + "/capabilities"
     try:
         response = httpx.get(url, timeout=timeout, trust_env=False)
     except httpx.HTTPError as exc:

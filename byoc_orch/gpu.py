@@ -10,7 +10,7 @@ by a lock and never run on the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from byoc_orch.aimodels import ModelEntry, Problem
+from byoc_orch.aimodels import GpuRequest, ModelEntry, Problem
 
 __all__ = [
     "GpuCollector",
@@ -26,6 +26,7 @@ __all__ = [
     "GpuReader",
     "GpuUnavailableError",
     "gpu_request_warnings",
+    "gpus_given",
     "names_gpus",
     "read_inventory",
 ]
@@ -46,6 +47,9 @@ class GpuInfo:
     name: str
     memory_total_bytes: int
 
+    def described(self) -> dict[str, Any]:
+        return {"index": self.index, "uuid": self.uuid, "name": self.name}
+
 
 class GpuUnavailableError(Exception):
     """NVML cannot be used on this host (no driver, no library, init failed)."""
@@ -59,7 +63,7 @@ class GpuReader:
     """
 
     def __init__(self, nvml: Any | None = None) -> None:
-        self._nvml = nvml
+        self._nvml: Any = nvml
         self._lock = threading.Lock()
         self._initialised = False
         self._failure: str | None = None
@@ -140,7 +144,7 @@ class GpuReader:
 
     def _gauges(self, nvml: Any, handle: Any, info: GpuInfo, memory: Any) -> dict[str, float]:
         temperature_sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", _NVML_TEMPERATURE_GPU)
-        reads = {
+        reads: dict[str, Callable[[], float]] = {
             "utilization_ratio": lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100,
             "memory_used_bytes": lambda: memory.used,
             "memory_total_bytes": lambda: memory.total,
@@ -279,6 +283,19 @@ def gpu_request_warnings(
                 )
             )
     return problems
+
+
+def gpus_given(request: GpuRequest, inventory: Sequence[GpuInfo]) -> list[GpuInfo] | None:
+    """The host GPUs a request names, when that can be known (listed devices, or all of an
+    inventory); None for a bare count, which Docker resolves itself, or with no inventory."""
+    if not inventory:
+        return None
+    if request.device_ids:
+        wanted = {device.lower() for device in request.device_ids}
+        return [g for g in inventory if {str(g.index), g.uuid.lower()} & wanted]
+    if request.count == -1:
+        return list(inventory)
+    return None
 
 
 def names_gpus(entry: ModelEntry) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 WARM_STATUSES = frozenset({"ok", "idle"})
 
@@ -22,6 +23,17 @@ class Verdict(StrEnum):
     FAILED = "failed"
 
 
+class ProbeFailure(StrEnum):
+    """Why a probe failed: a bounded label, set where the failure is seen."""
+
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    HTTP_STATUS = "http_status"
+    BAD_BODY = "bad_body"
+    ERROR_STATUS = "error_status"
+    OTHER = "other"
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     verdict: Verdict
@@ -30,10 +42,18 @@ class ProbeResult:
     http_status: int | None = None
     reported: str | None = None  # the body's status field, as the worker wrote it
     at: float = 0.0
+    failure: ProbeFailure | None = None  # set for the FAILED and ERROR verdicts
 
 
-def classify(http_status: int, body: bytes) -> tuple[Verdict, str, str | None]:
-    """Verdict, a short reason, and the body's status field."""
+class Judgement(NamedTuple):
+    verdict: Verdict
+    detail: str
+    reported: str | None
+    failure: ProbeFailure | None
+
+
+def classify(http_status: int, body: bytes) -> Judgement:
+    """Verdict, a short reason, the body's status field, and the failure if it is one."""
     try:
         payload = json.loads(body)
         reported = payload.get("status") if isinstance(payload, dict) else None
@@ -42,17 +62,30 @@ def classify(http_status: int, body: bytes) -> tuple[Verdict, str, str | None]:
     if isinstance(reported, str):
         word = reported.strip().lower()
         if word == "error":
-            return Verdict.ERROR, f"worker reports {reported}", reported
+            return Judgement(
+                Verdict.ERROR, f"worker reports {reported}", reported, ProbeFailure.ERROR_STATUS
+            )
         if word == "loading":
-            return Verdict.LOADING, f"worker reports {reported}", reported
+            return Judgement(Verdict.LOADING, f"worker reports {reported}", reported, None)
         if http_status == 200 and word in WARM_STATUSES:
-            return Verdict.WARM, reported, reported
+            return Judgement(Verdict.WARM, reported, reported, None)
     if http_status != 200:
-        return (
+        return Judgement(
             Verdict.FAILED,
             f"HTTP {http_status}",
             reported if isinstance(reported, str) else None,
+            ProbeFailure.HTTP_STATUS,
         )
     if reported is None:
-        return Verdict.FAILED, 'unreadable body (want JSON {"status": ...})', None
-    return Verdict.FAILED, f"unknown status {str(reported)[:40]!r}", str(reported)
+        return Judgement(
+            Verdict.FAILED,
+            'unreadable body (want JSON {"status": ...})',
+            None,
+            ProbeFailure.BAD_BODY,
+        )
+    return Judgement(
+        Verdict.FAILED,
+        f"unknown status {str(reported)[:40]!r}",
+        str(reported),
+        ProbeFailure.BAD_BODY,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,10 +22,11 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 from byoc_orch import __version__
+from byoc_orch.health import ProbeFailure
 from byoc_orch.worker_state import State
 
 WORKER_STATES = tuple(str(state) for state in State)
-PROBE_FAILURE_REASONS = ("timeout", "refused", "http_status", "bad_body", "error_status", "other")
+PROBE_FAILURE_REASONS = tuple(str(failure) for failure in ProbeFailure)
 SESSION_END_REASONS = ("stopped", "crashed", "unhealthy", "replaced", "removed", "shutdown")
 START_REFUSALS = ("not_warm", "full")
 PROXY_ROUTES = ("start", "stop", "params", "status", "passthrough")
@@ -196,15 +196,16 @@ class Metrics:
         ):
             for value in extra:
                 _discard(metric, pipeline, model_id, value)
-        for metric in (
+        plain: tuple[Gauge | Counter | Histogram, ...] = (
             self.worker_capacity,
             self.probe_duration,
             self.container_restarts,
             self.time_to_warm,
             self.sessions_active,
             self.sessions_started,
-        ):
-            _discard(metric, pipeline, model_id)
+        )
+        for each in plain:
+            _discard(each, pipeline, model_id)
 
     def set_state(self, pipeline: str, model_id: str, state: str) -> None:
         for each in WORKER_STATES:
@@ -226,9 +227,3 @@ def _discard(metric: Gauge | Counter | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)
 
-
-def metric_names(metrics: Metrics) -> Iterable[str]:
-    """Every sample name the registry can emit (used to check dashboards and docs)."""
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            yield sample.name

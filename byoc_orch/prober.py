@@ -18,7 +18,7 @@ import time
 from urllib.parse import urlsplit
 
 from byoc_orch import __version__
-from byoc_orch.health import ProbeResult, Verdict, classify
+from byoc_orch.health import ProbeFailure, ProbeResult, Verdict, classify
 
 MAX_BODY = 64 * 1024
 MAX_HEADERS = 100
@@ -54,14 +54,14 @@ class HealthProber:
                 status, body = await self._get()
         except TimeoutError:
             self.close()
-            return _failed(f"no answer within {timeout:g} s", started)
+            return _failed(f"no answer within {timeout:g} s", started, ProbeFailure.TIMEOUT)
         except ConnectionRefusedError:
             self.close()
-            return _failed("connection refused", started)
+            return _failed("connection refused", started, ProbeFailure.REFUSED)
         except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
             self.close()
-            return _failed(f"{type(exc).__name__}: {exc}"[:120], started)
-        verdict, detail, reported = classify(status, body)
+            return _failed(f"{type(exc).__name__}: {exc}"[:120], started, ProbeFailure.OTHER)
+        verdict, detail, reported, failure = classify(status, body)
         return ProbeResult(
             verdict,
             detail,
@@ -69,6 +69,7 @@ class HealthProber:
             http_status=status,
             reported=reported,
             at=time.time(),
+            failure=failure,
         )
 
     def close(self) -> None:
@@ -184,7 +185,11 @@ def _default_tls() -> ssl.SSLContext:
     return _TLS[0]
 
 
-def _failed(detail: str, started: float) -> ProbeResult:
+def _failed(detail: str, started: float, failure: ProbeFailure) -> ProbeResult:
     return ProbeResult(
-        Verdict.FAILED, detail, latency=time.perf_counter() - started, at=time.time()
+        Verdict.FAILED,
+        detail,
+        latency=time.perf_counter() - started,
+        at=time.time(),
+        failure=failure,
     )

@@ -18,17 +18,16 @@ import uvicorn
 
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
+from byoc_orch.capabilities import Change
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
+from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.instance_lock import InstanceLocked, acquire
 from byoc_orch.sd_notify import Notifier, run_watchdog
 from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
 
 log = structlog.get_logger("byoc_orch.server")
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_UNAVAILABLE = 2
 
 
 class _Server(uvicorn.Server):
@@ -99,7 +98,10 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
         await http
         watchdog.cancel()
         return EXIT_UNAVAILABLE
-    daemon.registry.subscribe(lambda _change: notifier.status(status_line(daemon)))
+    def report_warm_set(_change: Change) -> None:
+        notifier.status(status_line(daemon))
+
+    daemon.registry.subscribe(report_warm_set)
     notifier.ready(status_line(daemon))
     await stopping.wait()
     log.info("shutting down")

@@ -201,13 +201,6 @@ class SessionTable:
             if (ended := self.end(session.id, reason, now, detail)) is not None
         ]
 
-    def end_all(self, reason: EndReason, now: float) -> list[Session]:
-        return [
-            ended
-            for session in list(self._live.values())
-            if (ended := self.end(session.id, reason, now)) is not None
-        ]
-
     def _count(self, worker_id: str) -> None:
         if self._on_count is not None:
             self._on_count(worker_id, self.in_use(worker_id))

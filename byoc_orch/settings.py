@@ -210,6 +210,16 @@ class Settings(BaseSettings):
         description="auto: JSON lines when stderr is not a terminal (journald), else console.",
     )
 
+    @property
+    def public_base_url(self) -> str:
+        """byoc-orch's base URL as go-livepeer reaches it: PUBLIC_URL, else http://HOST:PORT."""
+        return self.public_url or self.local_api_url
+
+    @property
+    def local_api_url(self) -> str:
+        """Where this host reaches the daemon's API: a wildcard bind address becomes loopback."""
+        return f"http://{_client_host(self.host)}:{self.port}"
+
     @field_validator("instance")
     @classmethod
     def _instance_is_label_safe(cls, value: str) -> str:
@@ -292,6 +302,16 @@ def require_token_off_loopback(settings: Settings) -> None:
         f"BYOC_ORCH_HOST={settings.host} is not a loopback address and BYOC_ORCH_API_TOKEN is "
         "not set — set BYOC_ORCH_API_TOKEN (a long random string), or bind to 127.0.0.1"
     )
+
+
+def _client_host(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "[::1]"
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def _is_loopback(host: str) -> bool:

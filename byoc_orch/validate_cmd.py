@@ -19,6 +19,7 @@ from byoc_orch.aimodels import (
     UnreadableModelsFileError,
     load_models,
 )
+from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK
 from byoc_orch.gpu import (
     GpuInfo,
     GpuUnavailableError,
@@ -27,7 +28,7 @@ from byoc_orch.gpu import (
     read_inventory,
 )
 
-__all__ = ["describe_entry", "run_validate"]
+__all__ = ["describe_entry", "print_problems", "run_validate"]
 
 _NO_PORTS: Mapping[int, str] = MappingProxyType({})
 
@@ -50,20 +51,17 @@ def run_validate(
     try:
         models = load_models(path, reserved_ports=reserved_ports)
     except UnreadableModelsFileError as exc:
-        print(f"error: {exc.problems[0]}", file=err)
-        return 1
+        print_problems(exc, None, err)
+        return EXIT_INVALID
     except ModelsFileError as exc:
-        for warning in exc.warnings:
-            print(f"warning: {warning}", file=err)
-        for problem in exc.problems:
-            print(f"error: {problem}", file=err)
         count = len(exc.problems)
-        print(
+        print_problems(
+            exc,
             f"{path.name} is invalid: {count} problem{'s' if count != 1 else ''}; "
             "byoc-orch will start nothing from it",
-            file=err,
+            err,
         )
-        return 1
+        return EXIT_INVALID
     for index, entry in enumerate(models.entries):
         print(describe_entry(index, entry), file=out)
     for warning in models.warnings:
@@ -71,7 +69,19 @@ def run_validate(
     for line in _gpu_lines(models.entries, gpu_inventory, models.source):
         print(line, file=out)
     print(_summary(models.entries), file=out)
-    return 0
+    return EXIT_OK
+
+
+def print_problems(exc: ModelsFileError, verdict: str | None, err: TextIO | None = None) -> None:
+    """Every warning and problem of a rejected aiModels.json, one per line, then the verdict
+    (what was not done because of them)."""
+    err = err or sys.stderr
+    for warning in exc.warnings:
+        print(f"warning: {warning}", file=err)
+    for problem in exc.problems:
+        print(f"error: {problem}", file=err)
+    if verdict:
+        print(verdict, file=err)
 
 
 def _gpu_lines(
@@ -104,9 +114,11 @@ def describe_entry(index: int, entry: ModelEntry) -> str:
 
 
 def _gpus(entry: ModelEntry) -> str:
-    if isinstance(entry.gpus, list):
-        return "[" + ",".join(str(device) for device in entry.gpus) + "]"
-    return str(entry.gpus)
+    request = entry.gpu_request()
+    if request is None:
+        return "none"
+    shown = request.shown
+    return "[" + ",".join(shown) + "]" if isinstance(shown, list) else str(shown)
 
 
 def _summary(entries: list[ModelEntry]) -> str:

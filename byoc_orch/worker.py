@@ -20,7 +20,7 @@ from byoc_orch.aimodels import ModelEntry
 from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import Engine, EngineError
-from byoc_orch.health import ProbeResult, Verdict
+from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
 from byoc_orch.prober import HealthProber
 from byoc_orch.worker_state import (
@@ -208,10 +208,7 @@ class Worker:
                     model_id=entry.model_id,
                     url=self.proxy_url,
                     capacity=entry.capacity,
-                    price_per_unit=entry.price_per_unit,
-                    pixels_per_unit=entry.pixels_per_unit,
-                    currency=entry.currency,
-                    gateway=entry.gateway,
+                    offer=entry.offer,
                     warm_since=self.status.warm_since or self.status.since,
                     in_use=self.in_use,
                 )
@@ -247,11 +244,13 @@ class Worker:
                 self._prober = HealthProber(url)
             result = await self._prober.probe(self._probe_timeout)
         except Exception as exc:  # a probe must always answer, or probing would stop
-            result = ProbeResult(Verdict.FAILED, f"probe error: {type(exc).__name__}")
+            result = ProbeResult(
+                Verdict.FAILED, f"probe error: {type(exc).__name__}", failure=ProbeFailure.OTHER
+            )
         labels = (self.entry.pipeline, self.entry.model_id)
         self.metrics.probe_duration.labels(*labels).observe(result.latency)
-        if result.verdict in (Verdict.FAILED, Verdict.ERROR):
-            self.metrics.probe_failures.labels(*labels, failure_reason(result)).inc()
+        if result.failure is not None:
+            self.metrics.probe_failures.labels(*labels, str(result.failure)).inc()
         self.post(Probed(result, target))
 
     async def _act(self) -> None:
@@ -310,7 +309,7 @@ class Worker:
         """What /workers shows for this worker."""
         status, entry, spec = self.status, self.entry, self.spec
         probe_result = status.last_probe
-        gpus = entry.gpu_request()
+        gpus = entry.gpu_request() if entry.managed else None
         return {
             "worker_id": self.worker_id,
             "pipeline": entry.pipeline,
@@ -329,13 +328,7 @@ class Worker:
             "image": str(spec.image) if spec else None,
             "image_digest": self.image_digest,
             "host_port": spec.host_port if spec else None,
-            "gpus": None
-            if not entry.managed or gpus is None
-            else (
-                "all"
-                if gpus.count == -1 and not gpus.device_ids
-                else list(gpus.device_ids) or gpus.count
-            ),
+            "gpus": None if gpus is None else gpus.shown,
             "capacity": entry.capacity,
             "in_use": self.in_use,
             "free": max(entry.capacity - self.in_use, 0) if status.state is State.WARM else 0,
@@ -356,22 +349,6 @@ class Worker:
                 "at": _iso(probe_result.at),
             },
         }
-
-
-def failure_reason(result: ProbeResult) -> str:
-    """A bounded label for a failed probe."""
-    if result.verdict is Verdict.ERROR:
-        return "error_status"
-    detail = result.detail
-    if detail.startswith("no answer"):
-        return "timeout"
-    if detail.startswith("connection refused"):
-        return "refused"
-    if detail.startswith("HTTP "):
-        return "http_status"
-    if detail.startswith(("unreadable body", "unknown status")):
-        return "bad_body"
-    return "other"
 
 
 def _iso(timestamp: float | None) -> str | None:

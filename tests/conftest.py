@@ -23,6 +23,7 @@ import pytest
 
 from byoc_orch.container_spec import LABEL_INSTANCE
 from byoc_orch.engine import Engine
+from byoc_orch.offer import OFFER_FIELDS, Offer
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_ENV = Path(os.environ.get("BYOC_TEST_STATE", "/var/tmp/byoc-orch-test")) / "harness.env"
@@ -138,3 +139,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def with_offer(fields: dict[str, Any]) -> dict[str, Any]:
+    """Capability keyword arguments with aiModels.json's price fields gathered into an Offer."""
+    priced = {k: fields[k] for k in OFFER_FIELDS if k in fields}
+    rest = {k: v for k, v in fields.items() if k not in OFFER_FIELDS}
+    return {**rest, "offer": Offer(**priced)} if priced else rest

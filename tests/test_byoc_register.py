@@ -25,7 +25,7 @@ from byoc_orch.advertisers.byoc_register import REFUSED_MESSAGE, byoc_price, reg
 from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.metrics import Metrics
 from byoc_orch.settings import Settings
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually, free_port, with_offer
 from tests.fake_livepeer import EXTERNAL_CAPABILITY, FakeLivepeer, go_decode
 
 SECRET = "orch-secret-Zq81x"
@@ -65,7 +65,7 @@ def capability(worker_id: str = "w1", model_id: str = "m1", **fields: Any) -> Ca
         "url": f"{PUBLIC}/proxy/{worker_id}",
         "capacity": 2,
     }
-    values.update(fields)
+    values.update(with_offer(fields))
     return Capability(**values)
 
 

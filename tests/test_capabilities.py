@@ -7,6 +7,7 @@ from fractions import Fraction
 from typing import Any
 
 from byoc_orch.capabilities import Capability, CapabilityRegistry, Change
+from tests.conftest import with_offer
 
 
 def cap(worker_id: str = "w1", model_id: str = "m1", **changes: Any) -> Capability:
@@ -17,7 +18,7 @@ def cap(worker_id: str = "w1", model_id: str = "m1", **changes: Any) -> Capabili
         url=f"http://127.0.0.1:9000/w/{worker_id}",
         capacity=1,
     )
-    return replace(base, **changes)
+    return replace(base, **with_offer(changes))
 
 
 def recording(registry: CapabilityRegistry) -> list[Change]:

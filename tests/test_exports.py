@@ -19,7 +19,9 @@ from byoc_orch import exports
 from byoc_orch.advertisers.live_runner import PIXELS_PER_720P_HOUR, live_runner_router
 from byoc_orch.aimodels import load_models, parse_models
 from byoc_orch.capabilities import Capability
+from byoc_orch.offer import Offer
 from byoc_orch.settings import Settings
+from byoc_orch.worker_state import State
 from tests.conftest import free_port
 from tests.fake_livepeer import check_static_runner_config
 
@@ -58,17 +60,16 @@ def fake_daemon(payload: Any, status: int = 200) -> Iterator[int]:
 def warm_listing() -> list[dict[str, Any]]:
     """What GET /capabilities serves for two warm workers (with byoc-orch-only extras)."""
     caps = [
-        Capability("w1", "live-video-to-video", "comfyui", f"{PUBLIC}/proxy/w1", 1, Fraction(1200)),
+        Capability(
+            "w1", "live-video-to-video", "comfyui", f"{PUBLIC}/proxy/w1", 1, Offer(Fraction(1200))
+        ),
         Capability(
             "w2",
             "live-video-to-video",
             "streamdiffusion",
             f"{PUBLIC}/proxy/w2",
             4,
-            Fraction(1, 4),
-            Fraction(100_000_000),
-            "USD",
-            "0xgateway",
+            Offer(Fraction(1, 4), Fraction(100_000_000), "USD", "0xgateway"),
             in_use=2,
         ),
     ]
@@ -129,18 +130,18 @@ def test_on_chain_needs_usd_prices() -> None:
 
 def test_live_runners_fall_back_to_host_and_port_and_warn() -> None:
     settings = Settings(host="0.0.0.0", port=9999, api_token="tok-Qm3")
-    assert exports.public_url(settings) == "http://127.0.0.1:9999"
+    assert settings.public_base_url == "http://127.0.0.1:9999"
     warnings = exports.live_runner_warnings(settings)
     assert any("BYOC_ORCH_PUBLIC_URL" in w for w in warnings)
     assert any("401" in w for w in warnings)
     assert all("tok-Qm3" not in w for w in warnings)
-    assert exports.daemon_url(Settings(host="::", port=1)) == "http://[::1]:1"
+    assert Settings(host="::", port=1).local_api_url == "http://[::1]:1"
 
 
 async def test_the_exported_health_urls_are_served_by_the_router() -> None:
     models = load_models(EXAMPLE)
     entries = exports.live_runners(models, Settings(public_url=PUBLIC))["runners"]
-    states = {models.entries[0].worker_id: ("warm", None)}
+    states = {models.entries[0].worker_id: (State.WARM, None)}
     app = FastAPI()
     app.include_router(live_runner_router(states.get))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:

@@ -22,40 +22,40 @@ def body(payload: object) -> bytes:
 
 @pytest.mark.parametrize("word", ["ok", "OK", "IDLE", "idle", " Idle "])
 def test_warm_words_are_warm(word: str) -> None:
-    verdict, detail, reported = classify(200, body({"status": word}))
+    verdict, detail, reported, _ = classify(200, body({"status": word}))
     assert verdict is Verdict.WARM
     assert reported == word
     assert detail == word
 
 
 def test_loading_on_200_is_loading() -> None:
-    verdict, detail, reported = classify(200, body({"status": "LOADING"}))
+    verdict, detail, reported, _ = classify(200, body({"status": "LOADING"}))
     assert verdict is Verdict.LOADING
     assert reported == "LOADING"
     assert "LOADING" in detail
 
 
 def test_loading_on_503_is_loading() -> None:
-    verdict, _, reported = classify(503, body({"status": "loading"}))
+    verdict, _, reported, _ = classify(503, body({"status": "loading"}))
     assert verdict is Verdict.LOADING
     assert reported == "loading"
 
 
 def test_error_on_200_is_error() -> None:
-    verdict, detail, reported = classify(200, body({"status": "ERROR"}))
+    verdict, detail, reported, _ = classify(200, body({"status": "ERROR"}))
     assert verdict is Verdict.ERROR
     assert reported == "ERROR"
     assert "ERROR" in detail
 
 
 def test_error_on_500_is_error() -> None:
-    verdict, _, reported = classify(500, body({"status": "error"}))
+    verdict, _, reported, _ = classify(500, body({"status": "error"}))
     assert verdict is Verdict.ERROR
     assert reported == "error"
 
 
 def test_warm_word_on_a_non_200_is_not_warm() -> None:
-    verdict, detail, reported = classify(503, body({"status": "ok"}))
+    verdict, detail, reported, _ = classify(503, body({"status": "ok"}))
     assert verdict is Verdict.FAILED
     assert detail == "HTTP 503"
     assert reported == "ok"
@@ -67,14 +67,14 @@ def test_warm_word_on_a_non_200_is_not_warm() -> None:
     ids=["text", "empty", "binary", "list", "no-status", "bare-string"],
 )
 def test_unreadable_bodies_fail(raw: bytes) -> None:
-    verdict, detail, reported = classify(200, raw)
+    verdict, detail, reported, _ = classify(200, raw)
     assert verdict is Verdict.FAILED
     assert "unreadable body" in detail
     assert reported is None
 
 
 def test_unknown_status_word_fails() -> None:
-    verdict, detail, reported = classify(200, body({"status": "warming-up"}))
+    verdict, detail, reported, _ = classify(200, body({"status": "warming-up"}))
     assert verdict is Verdict.FAILED
     assert "unknown status" in detail
     assert "warming-up" in detail
@@ -82,13 +82,13 @@ def test_unknown_status_word_fails() -> None:
 
 
 def test_non_string_status_fails() -> None:
-    verdict, _, reported = classify(200, body({"status": 1}))
+    verdict, _, reported, _ = classify(200, body({"status": 1}))
     assert verdict is Verdict.FAILED
     assert reported == "1"
 
 
 def test_not_found_fails_with_the_status_code() -> None:
-    verdict, detail, reported = classify(404, b"404 page not found")
+    verdict, detail, reported, _ = classify(404, b"404 page not found")
     assert verdict is Verdict.FAILED
     assert detail == "HTTP 404"
     assert reported is None
@@ -201,7 +201,7 @@ async def test_probe_never_raises_on_a_dropped_connection() -> None:
 
 
 def test_deeply_nested_body_is_a_failed_probe() -> None:
-    verdict, _, _ = classify(200, b"[" * 100_000)
+    verdict, _, _, _ = classify(200, b"[" * 100_000)
     assert verdict is Verdict.FAILED
 
 

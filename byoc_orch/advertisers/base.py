@@ -177,8 +177,19 @@ class Advertiser(abc.ABC):
         """Record the change and wake the task; runs inside the registry's notify, so no I/O."""
 
     @abc.abstractmethod
+    def _delay(self) -> float:
+        """Seconds until the next pass is due (a change wakes it sooner)."""
+
+    @abc.abstractmethod
+    async def _pass(self) -> None:
+        """Bring go-livepeer up to date with the warm set, as far as it answers."""
+
     async def _run(self) -> None:
         """The advertiser's loop; returns once `_stopping` is set."""
+        while not self._stopping:
+            await self._sleep_until_woken(self._delay())
+            if not self._stopping:
+                await self._pass()
 
     @abc.abstractmethod
     async def _withdraw_everything(self) -> None:

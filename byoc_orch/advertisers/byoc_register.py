@@ -103,7 +103,8 @@ def byoc_price(
 
 def registration_body(capability: Capability, token: str) -> dict[str, Any]:
     """The register JSON, with exactly the JSON types go-livepeer's struct accepts."""
-    price, scaling = byoc_price(capability.price_per_unit, capability.pixels_per_unit)
+    offer = capability.offer
+    price, scaling = byoc_price(offer.price_per_unit, offer.pixels_per_unit)
     return {
         "name": capability_name(capability),
         "description": f"byoc-orch {capability.pipeline}/{capability.model_id}",
@@ -111,7 +112,7 @@ def registration_body(capability: Capability, token: str) -> dict[str, Any]:
         "capacity": int(capability.capacity),
         "price_per_unit": price,
         "price_scaling": scaling,
-        "currency": capability.currency or "wei",
+        "currency": offer.currency or "wei",
         "token": token,
     }
 
@@ -170,12 +171,6 @@ class ByocRegisterAdvertiser(Advertiser):
     def _on_change(self, change: Change) -> None:
         warm_by_worker(change, self._warm)
         self._wake.set()
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            await self._sleep_until_woken(self._delay())
-            if not self._stopping:
-                await self._pass()
 
     async def _withdraw_everything(self) -> None:
         for name in list(self._registered):
@@ -299,19 +294,6 @@ class ByocRegisterAdvertiser(Advertiser):
         if reply.result is Result.REFUSED:
             return self._refused(now, reply, REFUSED_MESSAGE)
         return self._unreachable(now, reply, "go-livepeer unreachable; retrying with back-off")
-        delay = self._backoff.next()
-        if self._state is not OrchState.DOWN:
-            self.log.warning(
-                "go-livepeer unreachable; retrying with back-off",
-                orch_url=self.orch_url,
-                error=reply.error,
-                retry_in=delay,
-            )
-        else:
-            self.log.debug("go-livepeer still unreachable", error=reply.error, retry_in=delay)
-        self._state = OrchState.DOWN
-        self._retry_at = now + delay
-        return False
 
     def _reject(self, name: str, capability: Capability, body: bytes, reason: str) -> None:
         self._rejected[name] = (body, reason)

@@ -82,9 +82,7 @@ def heartbeat_body(capability: Capability, runner_id: str | None) -> dict[str, A
     }
     if runner_id is not None:
         body = {"runner_id": runner_id, **body}
-    price = live_runner_price(
-        capability.price_per_unit, capability.pixels_per_unit, capability.currency
-    )
+    price = live_runner_price(capability.offer)
     if price is not None:
         body["price_info"] = price
     return body
@@ -136,12 +134,6 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             if back is not None:
                 self._runners[capability.worker_id] = back
         self._wake.set()
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            await self._sleep_until_woken(self._delay())
-            if not self._stopping:
-                await self._pass()
 
     def _delay(self) -> float:
         now = time.monotonic()

@@ -21,20 +21,20 @@ docs use as the convention, `mode` persistent (a reserved session spans start/pa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from fractions import Fraction
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from byoc_orch.aimodels import ModelEntry
+from byoc_orch.offer import Offer, json_number
+from byoc_orch.routes import LIVE_RUNNER_HEALTH_ROUTE, live_runner_health_url, proxy_url
+from byoc_orch.worker_state import State
 
-HEALTH_ROUTE = "/live-runner/{worker_id}/health"
-WARM = "warm"
 PIXELS_PER_720P_HOUR = 3600 * 1280 * 720 * 30
 """go-livepeer's `720p` price unit: USD per hour of 1280x720 at 30 fps."""
 
-WorkerStatus = tuple[str, str | None]
+WorkerStatus = tuple[State, str | None]
 """(state, reason) of one worker, as /workers shows them."""
 StatusLookup = Callable[[str], WorkerStatus | None]
 """worker_id → its status, or None for an unknown worker id."""
@@ -45,7 +45,7 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
     404 for an unknown worker."""
     router = APIRouter()
 
-    @router.api_route(HEALTH_ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
+    @router.api_route(LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
     async def live_runner_health(worker_id: str) -> JSONResponse:
         found = status(worker_id)
         headers = {"Cache-Control": "no-store"}
@@ -54,36 +54,34 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
                 {"error": f"no worker {worker_id!r}"}, status_code=404, headers=headers
             )
         state, reason = found
-        if state == WARM:
-            body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": state}
+        if state is State.WARM:
+            body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": str(state)}
             return JSONResponse(body, status_code=200, headers=headers)
-        body = {"status": "unavailable", "worker_id": worker_id, "state": state, "reason": reason}
+        body = {
+            "status": "unavailable",
+            "worker_id": worker_id,
+            "state": str(state),
+            "reason": reason,
+        }
         return JSONResponse(body, status_code=503, headers=headers)
 
     return router
 
 
-def health_url(public_url: str, worker_id: str) -> str:
-    return public_url.rstrip("/") + HEALTH_ROUTE.format(worker_id=worker_id)
-
-
-def proxy_url(public_url: str, worker_id: str) -> str:
-    return f"{public_url.rstrip('/')}/proxy/{worker_id}"
-
-
-def live_runner_price(
-    price_per_unit: Fraction | None, pixels_per_unit: Fraction | None, currency: str | None
-) -> dict[str, Any] | None:
+def live_runner_price(offer: Offer) -> dict[str, Any] | None:
     """`price_info` for a USD-priced entry, else None.
 
     go-livepeer takes live runner prices only in USD. An aiModels.json USD price is
     `price_per_unit` per `pixels_per_unit` pixels, and the `720p` unit divides its price by the
     pixels of an hour of 720p at 30 fps, so the conversion is exact."""
-    if (currency or "").strip().lower() != "usd" or not price_per_unit:
+    per_pixel = offer.price_per_pixel
+    if (offer.currency or "").strip().lower() != "usd" or not per_pixel:
         return None
-    price = Fraction(price_per_unit) / (pixels_per_unit or 1) * PIXELS_PER_720P_HOUR
-    number: int | float = price.numerator if price.denominator == 1 else float(price)
-    return {"price": number, "currency": "usd", "unit": "720p"}
+    return {
+        "price": json_number(per_pixel * PIXELS_PER_720P_HOUR),
+        "currency": "usd",
+        "unit": "720p",
+    }
 
 
 def runner_entry(entry: ModelEntry, public_url: str) -> dict[str, Any]:
@@ -94,13 +92,13 @@ def runner_entry(entry: ModelEntry, public_url: str) -> dict[str, Any]:
         "label": worker_id,
         "routing": "label",
         "runner_url": proxy_url(public_url, worker_id),
-        "health_url": health_url(public_url, worker_id),
+        "health_url": live_runner_health_url(public_url, worker_id),
         "healthy_status_code": 200,
         "app": entry.capability,
         "mode": "persistent",
         "capacity": entry.capacity,
     }
-    price = live_runner_price(entry.price_per_unit, entry.pixels_per_unit, entry.currency)
+    price = live_runner_price(entry.offer)
     if price is not None:
         runner["price_info"] = price
     gpus = entry.gpu_request() if entry.managed else None

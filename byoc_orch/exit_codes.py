@@ -1,0 +1,7 @@
+"""The process exit codes every `byoc-orch` command uses (README documents them)."""
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+"""Bad input: aiModels.json, settings, or a refusal such as a second daemon for one instance."""
+EXIT_UNAVAILABLE = 2
+"""Something needed is out of reach: the Docker engine, the running daemon, the API port."""
