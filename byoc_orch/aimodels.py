@@ -16,13 +16,13 @@ import json
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Self
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
@@ -42,6 +42,10 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from byoc_orch.image_ref import ImageRef, ImageRefError, parse_image_ref
 from byoc_orch.offer import Offer, json_number
 
+if TYPE_CHECKING:
+    from byoc_orch.gpu import GpuInfo
+    from byoc_orch.placement import GpuPool, ReplicaSlot
+
 __all__ = [
     "DEFAULT_CONTAINER_PORT",
     "GO_LIVEPEER_FIELDS",
@@ -52,6 +56,7 @@ __all__ = [
     "Problem",
     "UnreadableModelsFileError",
     "load_models",
+    "loopback_port",
     "parse_models",
     "worker_id",
 ]
@@ -86,6 +91,8 @@ CONTAINER_ONLY_FIELDS = frozenset(
         "privileged",
         "network_mode",
         "pid_mode",
+        "replicas",
+        "replicas_per_gpu",
     }
 )
 ENV_SET_BY_BYOC_ORCH = ("PIPELINE", "MODEL_ID")
@@ -97,6 +104,10 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s?([kmgtp])?i?b?", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _NO_PORTS: Mapping[int, str] = MappingProxyType({})
 _GPUS_FIX = 'use "all", a count such as 2, a list of device indexes or UUIDs such as [0], or "none"'
+MAX_REPLICAS = 64
+MAX_REPLICAS_PER_GPU = 16
+MAX_PORT = 65535
+_REPLICAS_FIX = f'use a count from 1 to {MAX_REPLICAS}, or "per-gpu" for one replica per GPU'
 _HOST_ACCESS_FIX = (
     'set "allow_host_access": true on this entry if you trust the image with the host, or remove it'
 )
@@ -232,8 +243,7 @@ Price = Annotated[
     WithJsonSchema({"type": "number", "minimum": 0}),
 ]
 PixelsPerUnit = Annotated[
-    Annotated[Fraction, AfterValidator(_positive_integer), PlainSerializer(json_number)]
-    | None,
+    Annotated[Fraction, AfterValidator(_positive_integer), PlainSerializer(json_number)] | None,
     BeforeValidator(_rational),
     WithJsonSchema({"type": "integer", "minimum": 1}),
 ]
@@ -333,6 +343,29 @@ GpuSpec = Annotated[
     | Annotated[int, Field(ge=1)]
     | Annotated[list[Annotated[int, Field(ge=0)] | str], Field(min_length=1)],
     BeforeValidator(_check_gpus),
+]
+
+
+def _check_replicas(value: object) -> object:
+    """One clear error for every wrong shape, instead of one per member of the union."""
+    if value == "per-gpu":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_REPLICAS:
+            return value
+        fix = "use 1 for a single container" if value < 1 else _REPLICAS_FIX
+        raise _invalid(f"must be from 1 to {MAX_REPLICAS}, got {value}", fix)
+    fix = _REPLICAS_FIX
+    if isinstance(value, str) and value.isdigit():
+        fix = f"write the count without quotes: {value}"
+    elif isinstance(value, str) and re.sub(r"[^a-z]", "", value.lower()) == "pergpu":
+        fix = 'write it exactly "per-gpu"'
+    raise _invalid(f"unknown replicas value {_describe(value)}", fix)
+
+
+Replicas = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | Literal["per-gpu"],
+    BeforeValidator(_check_replicas),
 ]
 
 
@@ -503,8 +536,24 @@ class ModelEntry(BaseModel):
     )
     gpus: GpuSpec = Field(
         default="all",
-        description='GPUs given to the container: "all", a count, a list of device indexes '
-        'or UUIDs, or "none".',
+        description='GPUs each container gets (each replica, with replicas): "all", a count, '
+        'a list of device indexes or UUIDs (only without replicas), or "none". Default: "all" '
+        "for a single container, 1 per replica with replicas. A single container's count lets "
+        "Docker pick the GPUs; replicas are placed on GPUs of their own from the pool.",
+    )
+    replicas: Replicas = Field(
+        default=1,
+        description='How many containers run this entry: a count, or "per-gpu" for one per '
+        "GPU of the pool (BYOC_ORCH_GPUS, else every GPU NVML lists). Replica i listens on "
+        "host port url port + i and keeps its GPUs across restarts; capacity is per replica.",
+    )
+    replicas_per_gpu: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS_PER_GPU,
+        description="How many replicas of this entry may share one GPU: with gpus 1 and "
+        "replicas_per_gpu 2, replicas 0 and 1 share the first GPU, 2 and 3 the next. No "
+        'effect without replicas, or with gpus "all" or "none".',
     )
     env: EnvMap = Field(
         default_factory=dict,
@@ -560,6 +609,19 @@ class ModelEntry(BaseModel):
         default="", description="'host' shares the host's PID namespace (needs allow_host_access)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_default_per_replica(cls, data: Any) -> Any:
+        """Replicas default to one GPU each; a single container keeps today's "all"."""
+        if (
+            isinstance(data, dict)
+            and "gpus" not in data
+            and data.get("container") is not None
+            and _asks_for_replicas(data.get("replicas"))
+        ):
+            return {**data, "gpus": 1}
+        return data
+
     @model_validator(mode="after")
     def _entry_rules(self) -> Self:
         issues = _entry_issues(self)
@@ -596,8 +658,20 @@ class ModelEntry(BaseModel):
     def capability(self) -> str:
         return f"{self.pipeline}/{self.model_id}"
 
+    @property
+    def replicated(self) -> bool:
+        """The entry opted in to replicas: its containers are placed on the GPU pool, each on
+        its own port; otherwise it is today's single container, untouched by placement."""
+        return _asks_for_replicas(self.replicas)
+
+    @property
+    def gpus_per_replica(self) -> Literal["all", "none"] | int | list[int | str]:
+        """What each container gets, after the default ("all" alone, 1 per replica)."""
+        return self.gpus
+
     def gpu_request(self) -> GpuRequest | None:
-        """GPUs to request from Docker, or None for none at all."""
+        """GPUs to request from Docker for one container, or None for none at all. For a
+        replicated entry a count is per replica; placement turns it into device ids."""
         if self.gpus == "none":
             return None
         if self.gpus == "all":
@@ -609,6 +683,12 @@ class ModelEntry(BaseModel):
 
 def _url_port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _asks_for_replicas(value: object) -> bool:
+    if value == "per-gpu":
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and value > 1
 
 
 def _entry_issues(entry: ModelEntry) -> list[_Issue]:
@@ -624,7 +704,9 @@ def _entry_issues(entry: ModelEntry) -> list[_Issue]:
             )
         )
     if entry.managed:
-        issues += _managed_url_issues(entry)
+        url_issues = _managed_url_issues(entry)
+        issues += url_issues
+        issues += _replica_issues(entry, check_ports=not url_issues)
     issues += _host_access_issues(entry)
     issues += _env_collisions(entry)
     return issues
@@ -671,6 +753,55 @@ def _managed_url_issues(entry: ModelEntry) -> list[_Issue]:
             )
         ]
     return []
+
+
+def _replica_issues(entry: ModelEntry, *, check_ports: bool) -> list[_Issue]:
+    """Replica rules that one entry decides alone; the pool and other entries are placement's."""
+    if not entry.replicated:
+        return []
+    issues: list[_Issue] = []
+    gpus = entry.gpus
+    if isinstance(gpus, list):
+        issues.append(
+            _Issue(
+                ("gpus",),
+                f"a device list names one container's GPUs, but replicas is "
+                f"{json.dumps(entry.replicas)}",
+                "with replicas use a count per replica (e.g. 1), or drop replicas",
+            )
+        )
+    if entry.replicas == "per-gpu" and gpus in ("all", "none"):
+        meaning = "gives every replica every GPU" if gpus == "all" else "gives replicas no GPU"
+        issues.append(
+            _Issue(
+                ("replicas",),
+                f'"per-gpu" places one replica per GPU, but gpus "{gpus}" {meaning}',
+                'give each replica a GPU count (e.g. "gpus": 1, the default with replicas), or '
+                'use a replica count such as "replicas": 2',
+            )
+        )
+    if entry.network_mode == "host":
+        issues.append(
+            _Issue(
+                ("replicas",),
+                "with network_mode host every replica would listen on the host's own port "
+                f"{entry.container_port}; they cannot share it",
+                'drop replicas, or use network_mode "bridge"',
+            )
+        )
+    elif check_ports and isinstance(entry.replicas, int) and entry.host_port is not None:
+        last = entry.host_port + entry.replicas - 1
+        if last > MAX_PORT:
+            issues.append(
+                _Issue(
+                    ("replicas",),
+                    f"replica ports url port + 0…{entry.replicas - 1} run to {last}, past "
+                    f"{MAX_PORT}",
+                    f"lower the url port to {MAX_PORT - entry.replicas + 1} or less, or lower "
+                    "replicas",
+                )
+            )
+    return issues
 
 
 def _host_access_issues(entry: ModelEntry) -> list[_Issue]:
@@ -744,15 +875,25 @@ def _env_collisions(entry: ModelEntry) -> list[_Issue]:
 
 @dataclass(frozen=True, slots=True)
 class ModelsFile:
-    """A valid aiModels.json: its entries in file order and anything worth a warning."""
+    """A valid aiModels.json: its entries in file order, anything worth a warning, and where
+    each managed entry's containers run (``replicas``, by worker_id: one slot per container)."""
 
     entries: list[ModelEntry]
     warnings: list[Problem] = field(default_factory=list)
     source: str = "aiModels.json"
+    replicas: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
 
 
-def load_models(path: Path, *, reserved_ports: Mapping[int, str] = _NO_PORTS) -> ModelsFile:
-    """Read and check aiModels.json; raise ModelsFileError listing every problem."""
+def load_models(
+    path: Path,
+    *,
+    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    gpu_pool: GpuPool | None = None,
+    pool_configured: bool = False,
+    gpu_inventory: Sequence[GpuInfo] = (),
+) -> ModelsFile:
+    """Read and check aiModels.json and place its replicas; raise ModelsFileError listing every
+    problem. See `parse_models` for the GPU arguments."""
     source = str(path)
     try:
         data = path.read_bytes()
@@ -774,13 +915,32 @@ def load_models(path: Path, *, reserved_ports: Mapping[int, str] = _NO_PORTS) ->
             None, None, None, f"line {line}: the file is not UTF-8 text", "save it as UTF-8", source
         )
         raise ModelsFileError([problem]) from None
-    return parse_models(text, source=source, reserved_ports=reserved_ports)
+    return parse_models(
+        text,
+        source=source,
+        reserved_ports=reserved_ports,
+        gpu_pool=gpu_pool,
+        pool_configured=pool_configured,
+        gpu_inventory=gpu_inventory,
+    )
 
 
 def parse_models(
-    text: str, *, source: str, reserved_ports: Mapping[int, str] = _NO_PORTS
+    text: str,
+    *,
+    source: str,
+    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    gpu_pool: GpuPool | None = None,
+    pool_configured: bool = False,
+    gpu_inventory: Sequence[GpuInfo] = (),
 ) -> ModelsFile:
-    """Check aiModels.json text; raise ModelsFileError listing every problem."""
+    """Check aiModels.json text, then place its replicas; raise ModelsFileError listing every
+    problem.
+
+    ``gpu_pool`` is the GPUs replicas may use (`placement.pool_from`); ``pool_configured`` says
+    it came from BYOC_ORCH_GPUS; ``gpu_inventory`` (NVML's GPUs, when known) matches a GPU's
+    index with its UUID. Entries without replicas need none of them.
+    """
     raw_entries = _decode(text, source)
     problems: list[Problem] = []
     warnings: list[Problem] = []
@@ -799,7 +959,21 @@ def parse_models(
     warnings.sort(key=_problem_order)
     if problems:
         raise ModelsFileError(problems, warnings)
-    return ModelsFile(entries=[entry for _, entry in valid], warnings=warnings, source=source)
+    from byoc_orch.placement import plan
+
+    entries = [entry for _, entry in valid]
+    placed = plan(
+        entries,
+        gpu_pool,
+        source=source,
+        reserved_ports=reserved_ports,
+        pool_configured=pool_configured,
+        inventory=gpu_inventory,
+    )
+    warnings = sorted(warnings + placed.warnings, key=_problem_order)
+    if placed.problems:
+        raise ModelsFileError(placed.problems, warnings)
+    return ModelsFile(entries=entries, warnings=warnings, source=source, replicas=placed.slots)
 
 
 def _problem_order(problem: Problem) -> int:
@@ -965,7 +1139,32 @@ def _check_entry(index: int, raw: object) -> tuple[ModelEntry | None, list[Probl
             for name in ModelEntry.model_fields
             if name in CONTAINER_ONLY_FIELDS and name in entry.model_fields_set
         ]
+    if entry is not None and entry.managed:
+        warnings += [at(_render_loc(i.loc), i.message, i.fix) for i in _replica_warnings(entry)]
     return entry, problems, warnings
+
+
+def _replica_warnings(entry: ModelEntry) -> list[_Issue]:
+    """replicas_per_gpu where it changes nothing: the operator expected sharing that won't be."""
+    if entry.replicas_per_gpu == 1:
+        return []
+    if not entry.replicated:
+        return [
+            _Issue(
+                ("replicas_per_gpu",),
+                "has no effect: replicas is 1, so there is one container",
+                'set "replicas" (a count or "per-gpu"), or remove replicas_per_gpu',
+            )
+        ]
+    if not isinstance(entry.gpus, int):
+        return [
+            _Issue(
+                ("replicas_per_gpu",),
+                f'has no effect with gpus "{entry.gpus}": no GPU is placed, so none is shared',
+                "give each replica a GPU count, or remove replicas_per_gpu",
+            )
+        ]
+    return []
 
 
 def _repeated_keys(value: object, loc: Loc = ()) -> Iterator[Loc]:
@@ -1162,7 +1361,7 @@ def _port_conflicts(
     warnings: list[Problem] = []
     holders: dict[int, tuple[int, ModelEntry]] = {}
     for index, entry in valid:
-        port = _loopback_port(entry)
+        port = loopback_port(entry)
         if port is None:
             continue
         at = partial(Problem, index, entry.model_id, "url")
@@ -1195,7 +1394,9 @@ def _port_conflicts(
     return problems, warnings
 
 
-def _loopback_port(entry: ModelEntry) -> int | None:
+def loopback_port(entry: ModelEntry) -> int | None:
+    """The host port an entry's worker takes on this host's loopback (every managed entry's
+    url port; an external entry's only when its url is on loopback), else None."""
     if entry.url is None:
         return None
     parts = urlsplit(entry.url)

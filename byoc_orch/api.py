@@ -86,10 +86,12 @@ def create_app(daemon: Daemon) -> ProxyFirst:
 
     @app.get("/workers")
     async def workers() -> list[dict[str, Any]]:
-        return [
-            {**worker.describe(), "gpu_devices": daemon.gpu_devices(worker.entry)}
-            for worker in daemon.workers.values()
-        ]
+        return [worker.describe() for worker in daemon.workers.values()]
+
+    @app.get("/entries")
+    async def entries() -> list[dict[str, Any]]:
+        """One line per aiModels.json entry: its replicas, warm capacity and rollout."""
+        return [deployment.describe() for deployment in daemon.deployments.values()]
 
     @app.get("/gpus")
     async def gpus() -> list[dict[str, Any]]:
@@ -115,7 +117,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
                 },
                 status_code=404,
             )
-        return JSONResponse({**found.describe(), "gpu_devices": daemon.gpu_devices(found.entry)})
+        return JSONResponse(found.describe())
 
     @app.get("/advertisers")
     async def advertisers() -> list[dict[str, Any]]:
@@ -126,7 +128,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         found = daemon.workers.get(worker_id)
         if found is None:
             return None
-        return found.status.state, found.status.reason or None
+        return WorkerStatus(found.status.state, found.status.reason or None, found.draining)
 
     app.include_router(live_runner_router(worker_status))
 

@@ -1,7 +1,9 @@
 """The capability registry: the set of warm `pipeline/model_id` capabilities.
 
-Workers report every state change here synchronously, so a capability leaves the set in the
-same loop iteration as the event that withdrew it; advertisers subscribe to the changes.
+One capability per aiModels.json entry, warm while at least one of its replicas is warm and
+taking sessions; its capacity is the sum over those replicas. Entries report every change of
+their replicas here synchronously, so a capability (or a replica's share of it) leaves the set in
+the same loop iteration as the event that withdrew it; advertisers subscribe to the changes.
 """
 
 from __future__ import annotations
@@ -18,10 +20,28 @@ log = structlog.get_logger("byoc_orch.capabilities")
 
 
 @dataclass(frozen=True)
-class Capability:
-    """One warm capability as it is advertised."""
+class ReplicaShare:
+    """One warm replica taking sessions: what Live Runner advertises per replica."""
 
     worker_id: str
+    index: int
+    url: str
+    capacity: int
+    in_use: int = 0
+    gpu: dict[str, Any] | None = None
+    """go-livepeer's LiveRunnerGPU shape (`id`, `name`, `vram_mb`) when the replica has one GPU."""
+    session_ids: tuple[str, ...] = ()
+
+    @property
+    def free(self) -> int:
+        return max(self.capacity - self.in_use, 0)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One warm capability as it is advertised: an entry and its warm replicas."""
+
+    entry_id: str
     pipeline: str
     model_id: str
     url: str
@@ -29,14 +49,21 @@ class Capability:
     offer: Offer = field(default_factory=Offer)
     warm_since: float = 0.0
     in_use: int = 0
+    replicas: tuple[ReplicaShare, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.pipeline}/{self.model_id}"
 
+    def shares(self) -> tuple[ReplicaShare, ...]:
+        """Its warm replicas; a capability built without them stands for one replica."""
+        if self.replicas:
+            return self.replicas
+        return (ReplicaShare(self.entry_id, 0, self.url, self.capacity, self.in_use),)
+
     @property
     def free(self) -> int:
-        """Session slots still open on this worker."""
+        """Session slots still open over its warm replicas."""
         return max(self.capacity - self.in_use, 0)
 
     def as_aimodels_entry(self, *, with_free: bool = False) -> dict[str, Any]:
@@ -65,14 +92,14 @@ class Change:
     @property
     def withdrawn(self) -> tuple[Capability, ...]:
         """Capabilities that left the warm set."""
-        kept = {c.worker_id for c in self.added}
-        return tuple(c for c in self.removed if c.worker_id not in kept)
+        kept = {c.entry_id for c in self.added}
+        return tuple(c for c in self.removed if c.entry_id not in kept)
 
     @property
     def appeared(self) -> tuple[Capability, ...]:
         """Capabilities that joined the warm set."""
-        known = {c.worker_id for c in self.removed}
-        return tuple(c for c in self.added if c.worker_id not in known)
+        known = {c.entry_id for c in self.removed}
+        return tuple(c for c in self.added if c.entry_id not in known)
 
 
 Subscriber = Callable[[Change], None]
@@ -89,11 +116,11 @@ class CapabilityRegistry:
     def __len__(self) -> int:
         return len(self._warm)
 
-    def is_warm(self, worker_id: str) -> bool:
-        return worker_id in self._warm
+    def is_warm(self, entry_id: str) -> bool:
+        return entry_id in self._warm
 
-    def get(self, worker_id: str) -> Capability | None:
-        return self._warm.get(worker_id)
+    def get(self, entry_id: str) -> Capability | None:
+        return self._warm.get(entry_id)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call `subscriber` on every change; returns the function that unsubscribes."""
@@ -106,14 +133,14 @@ class CapabilityRegistry:
         return unsubscribe
 
     def set_warm(self, capability: Capability) -> None:
-        if self._warm.get(capability.worker_id) == capability:
+        if self._warm.get(capability.entry_id) == capability:
             return
-        previous = self._warm.get(capability.worker_id)
-        self._warm[capability.worker_id] = capability
+        previous = self._warm.get(capability.entry_id)
+        self._warm[capability.entry_id] = capability
         self._notify(Change(added=(capability,), removed=(previous,) if previous else ()))
 
-    def withdraw(self, worker_id: str) -> None:
-        removed = self._warm.pop(worker_id, None)
+    def withdraw(self, entry_id: str) -> None:
+        removed = self._warm.pop(entry_id, None)
         if removed is not None:
             self._notify(Change(removed=(removed,)))
 

@@ -11,11 +11,17 @@ import asyncio
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from byoc_orch import __version__
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.settings import Settings, SettingsError, load_settings, reserved_ports
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from byoc_orch.aimodels import ModelsFile
+    from byoc_orch.gpu import GpuInfo
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "build_parser", "main"]
 
@@ -87,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         from byoc_orch.validate_cmd import run_validate
 
         return run_validate(
-            args.path or settings.models_path, reserved_ports=reserved_ports(settings)
+            args.path or settings.models_path,
+            reserved_ports=reserved_ports(settings),
+            gpu_inventory=_inventory_reader(settings),
+            gpu_pool_setting=settings.gpu_pool_setting,
         )
     if args.command == "export":
         return _export(settings, args.what, include_token=args.include_token)
@@ -112,14 +121,47 @@ def _version() -> int:
     return EXIT_OK
 
 
+def _inventory_reader(settings: Settings) -> Callable[[], list[GpuInfo]] | None:
+    """NVML's inventory reader, or None when BYOC_ORCH_GPU_METRICS=false keeps NVML out (the
+    daemon then knows no inventory either, so replicas need BYOC_ORCH_GPUS)."""
+    from byoc_orch.gpu import read_inventory
+
+    return read_inventory if settings.gpu_metrics else None
+
+
+def _load_placed(settings: Settings) -> ModelsFile:
+    """aiModels.json checked and its replicas placed on this host's GPU pool (BYOC_ORCH_GPUS,
+    else what NVML lists; none without a driver). Raises ModelsFileError."""
+    from byoc_orch.aimodels import load_models
+    from byoc_orch.gpu import GpuUnavailableError
+    from byoc_orch.placement import pool_from
+
+    reader = _inventory_reader(settings)
+    try:
+        inventory = reader() if reader is not None else []
+    except GpuUnavailableError:
+        inventory = []
+    return load_models(
+        settings.models_path,
+        reserved_ports=reserved_ports(settings),
+        gpu_pool=pool_from(settings.gpu_pool_setting, inventory),
+        pool_configured=settings.gpu_pool_setting is not None,
+        gpu_inventory=inventory,
+    )
+
+
 async def _run(settings: Settings) -> int:
     """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
-    from byoc_orch.aimodels import ModelsFileError, load_models
+    from byoc_orch.aimodels import ModelsFileError
+    from byoc_orch.placement import GpuPoolError
     from byoc_orch.server import serve
     from byoc_orch.validate_cmd import print_problems
 
     try:
-        models = load_models(settings.models_path, reserved_ports=reserved_ports(settings))
+        models = _load_placed(settings)
+    except GpuPoolError as exc:
+        print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing was started")
+        return EXIT_INVALID
     except ModelsFileError as exc:
         print_problems(exc, f"{settings.models_path} is invalid; nothing was started")
         return EXIT_INVALID
@@ -131,12 +173,16 @@ async def _run(settings: Settings) -> int:
 def _export(settings: Settings, what: str, *, include_token: bool) -> int:
     """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
     from byoc_orch import exports
-    from byoc_orch.aimodels import ModelsFileError, load_models
+    from byoc_orch.aimodels import ModelsFileError
+    from byoc_orch.placement import GpuPoolError
     from byoc_orch.validate_cmd import print_problems
 
     if what == "live-runners":
         try:
-            models = load_models(settings.models_path, reserved_ports=reserved_ports(settings))
+            models = _load_placed(settings)
+        except GpuPoolError as exc:
+            print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing exported")
+            return EXIT_INVALID
         except ModelsFileError as exc:
             print_problems(exc, f"{settings.models_path} is invalid; nothing exported")
             return EXIT_INVALID

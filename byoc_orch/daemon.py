@@ -1,4 +1,5 @@
-"""The daemon: reconcile at start-up, run one Worker per entry, route Docker events to them.
+"""The daemon: reconcile at start-up, run one Deployment per entry (one Worker per replica),
+route Docker events to them.
 
 Order at start-up matters: the Docker event stream is opened before containers are listed, so
 a container that dies between the two is still seen; adoption keeps warm containers running
@@ -12,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import structlog
@@ -22,6 +23,7 @@ from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
+from byoc_orch.deployment import Deployment, Specs, Timeouts
 from byoc_orch.engine import (
     STREAM_LOST,
     STREAM_RESTORED,
@@ -40,13 +42,14 @@ from byoc_orch.gpu import (
 )
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
-from byoc_orch.proxy import SessionProxy
+from byoc_orch.placement import GpuPool, pool_from
+from byoc_orch.proxy import SessionProxy, Target
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
 from byoc_orch.routes import proxy_url
 from byoc_orch.sessions import EndReason, Session, SessionTable
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Adopt, Died, Event, Launch, Policy, State, Status, Stop
+from byoc_orch.worker_state import Died, Policy, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 
@@ -75,6 +78,22 @@ def engine_for(settings: Settings) -> Engine:
     )
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """What one entry of a loaded aiModels.json asks to run."""
+
+    entry: ModelEntry
+    specs: Specs
+
+    @property
+    def running(self) -> Running:
+        hashes = tuple(
+            (index, spec.spec_hash if spec is not None else None)
+            for index, spec in sorted(self.specs.items())
+        )
+        return Running(self.entry, hashes if self.entry.managed else None, self.entry.warm)
+
+
 class Daemon:
     def __init__(
         self,
@@ -90,7 +109,9 @@ class Daemon:
         self.engine = engine or engine_for(settings)
         self.registry = CapabilityRegistry()
         self.policy = policy_from(settings)
+        self.deployments: dict[str, Deployment] = {}
         self.workers: dict[str, Worker] = {}
+        """Every replica of every entry, by worker id."""
         self.ready = False
         self.started_at = clock()
         self.adopted: list[str] = []
@@ -100,8 +121,8 @@ class Daemon:
         self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.proxy = SessionProxy(
-            workers=lambda: self.workers,
-            is_warm=self.registry.is_warm,
+            resolve=self.target,
+            deployments=lambda: self.deployments,
             sessions=self.sessions,
             http=self._http,
             metrics=self.metrics,
@@ -123,22 +144,37 @@ class Daemon:
         self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
+        self._timeouts = Timeouts(
+            drain=settings.drain_timeout, stop=settings.stop_timeout + settings.docker_timeout
+        )
+
+    @property
+    def gpu_pool(self) -> GpuPool | None:
+        """The GPUs replicas are placed on: BYOC_ORCH_GPUS, else what NVML lists."""
+        return pool_from(self.settings.gpu_pool_setting, self.gpu_inventory)
+
+    # -- start and stop -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Reconcile with the engine and start every worker; raises EngineError if Docker is out
+        """Reconcile with the engine and start every entry; raises EngineError if Docker is out
         of reach, leaving nothing running."""
-        entries = self.models.entries
-        managed = [e for e in entries if e.managed]
         await self._read_gpus()
         self._warn_gpu_requests(self.models)
+        wanted = self._wanted(self.models)
+        managed = [w for w in wanted.values() if w.entry.managed]
         if managed:
             await self._follow_engine()
             containers = await self.engine.list_containers()
         else:
             containers = []
-        specs = {e.worker_id: build_container_spec(e, self.settings.instance) for e in managed}
-        wanted = {e.worker_id: specs[e.worker_id].spec_hash for e in managed if e.warm}
-        the_plan = plan(wanted, containers)
+        hashes = {
+            spec.worker_id: spec.spec_hash
+            for w in managed
+            if w.entry.warm
+            for spec in w.specs.values()
+            if spec is not None
+        }
+        the_plan = plan(hashes, containers)
         for container_id in the_plan.remove:
             log.info("removing container no entry wants as it is", container_id=container_id[:12])
             try:
@@ -147,20 +183,21 @@ class Daemon:
                 log.warning(
                     "could not remove container", container_id=container_id[:12], error=str(exc)
                 )
-        for entry in entries:
-            adopted = the_plan.adopt.get(entry.worker_id)
-            self._spawn(entry, specs.get(entry.worker_id), Adopt(adopted) if adopted else None)
+        for each in wanted.values():
+            self._deploy(each).start(the_plan.adopt)
         self.adopted = sorted(the_plan.adopt)
         for advertiser in self.advertisers:
             await advertiser.start()
         self.ready = True
+        replicas = sum(len(w.specs) for w in wanted.values() if w.entry.warm)
         log.info(
             "reconciled",
-            entries=len(entries),
+            entries=len(wanted),
+            replicas=sum(len(w.specs) for w in wanted.values()),
             adopted=len(the_plan.adopt),
-            launched=sum(1 for e in entries if e.warm) - len(the_plan.adopt),
+            launched=replicas - len(the_plan.adopt),
             removed=len(the_plan.remove),
-            cold=sum(1 for e in entries if not e.warm),
+            cold=sum(1 for w in wanted.values() if not w.entry.warm),
         )
 
     async def _follow_engine(self) -> None:
@@ -193,49 +230,17 @@ class Daemon:
         for problem in gpu_request_warnings(models.entries, self.gpu_inventory, models.source):
             log.warning("aiModels.json names a GPU this host lacks", problem=str(problem))
 
-    def gpu_devices(self, entry: ModelEntry) -> list[dict[str, Any]] | None:
-        """The host GPUs an entry's container is given, when that can be known."""
-        request = entry.gpu_request() if entry.managed else None
-        if request is None:
-            return None
-        chosen = gpus_given(request, self.gpu_inventory)
-        return None if chosen is None else [g.described() for g in chosen]
-
-    def _policy_for(self, entry: ModelEntry) -> Policy:
-        if entry.startup_timeout is None:
-            return self.policy
-        return replace(self.policy, startup_timeout=entry.startup_timeout)
-
-    def _spawn(self, entry: ModelEntry, spec: ContainerSpec | None, first: Event | None) -> None:
-        """Follow one entry with a new Worker: metrics at zero, its tasks started, and its first
-        event posted (`first`, else Launch when the entry is warm; a cold one waits)."""
-        self.metrics.add_worker(entry.pipeline, entry.model_id, entry.capacity)
-        worker = Worker(
-            entry,
-            spec=spec,
-            engine=self.engine,
-            registry=self.registry,
-            policy=self._policy_for(entry),
-            proxy_url=proxy_url(self.settings.public_base_url, entry.worker_id),
-            probe_timeout=self.settings.probe_timeout,
-            stop_timeout=self.settings.stop_timeout,
-            metrics=self.metrics,
-            clock=self._clock,
-        )
-        self.workers[worker.worker_id] = worker
-        worker.start()
-        if first is not None:
-            worker.post(first)
-        elif entry.warm:
-            worker.post(Launch())
-
     async def stop(self) -> None:
         """Withdraw every capability first, then stop following workers; by default the
         containers keep running so the next start adopts them."""
         self.ready = False
-        halted = [task for worker in self.workers.values() for task in worker.halt()]
-        for worker_id in list(self.workers):
-            self.proxy.end_worker_sessions(worker_id, EndReason.SHUTDOWN, "byoc-orch stopped")
+        if self.settings.stop_containers_on_exit:
+            await self._drain_for_exit()
+        halted = [task for d in self.deployments.values() for task in d.halt()]
+        for worker in self.workers.values():
+            self.proxy.end_worker_sessions(
+                worker.worker_id, EndReason.SHUTDOWN, "byoc-orch stopped"
+            )
         self.registry.withdraw_all()
         await asyncio.gather(*halted, return_exceptions=True)
         await asyncio.gather(
@@ -259,6 +264,12 @@ class Daemon:
             await asyncio.to_thread(self._gpus.close)
         log.info("stopped", containers_left_running=not self.settings.stop_containers_on_exit)
 
+    async def _drain_for_exit(self) -> None:
+        """Containers will stop: replicated entries let their sessions finish first (bounded)."""
+        draining = [d.drain_all() for d in self.deployments.values() if d.entry.replicated]
+        if draining:
+            await asyncio.gather(*draining, return_exceptions=True)
+
     async def _stop_container(self, status: Status) -> None:
         assert status.container_id
         try:
@@ -269,14 +280,111 @@ class Daemon:
                 "could not stop container", container_id=status.container_id[:12], error=str(exc)
             )
 
-    # -- reload -------------------------------------------------------------------------------
+    # -- entries and their replicas -------------------------------------------------------------
+
+    def _wanted(self, models: ModelsFile) -> dict[str, Wanted]:
+        """Every entry with the container each of its replicas wants."""
+        instance = self.settings.instance
+        wanted: dict[str, Wanted] = {}
+        for entry in models.entries:
+            specs: dict[int, ContainerSpec | None]
+            if not entry.managed:
+                specs = {0: None}
+            else:
+                slots = models.replicas.get(entry.worker_id) or (None,)
+                specs = {}
+                for slot in slots:
+                    spec = build_container_spec(entry, instance, slot)
+                    specs[spec.replica] = spec
+            wanted[entry.worker_id] = Wanted(entry, specs)
+        return wanted
+
+    def _deploy(self, wanted: Wanted) -> Deployment:
+        entry = wanted.entry
+        self.metrics.add_entry(entry.pipeline, entry.model_id, len(wanted.specs))
+        deployment = Deployment(
+            entry, wanted.specs, self, timeouts=self._timeouts, clock=self._clock
+        )
+        self.deployments[deployment.entry_id] = deployment
+        return deployment
+
+    def policy_for(self, entry: ModelEntry) -> Policy:
+        if entry.startup_timeout is None:
+            return self.policy
+        return replace(self.policy, startup_timeout=entry.startup_timeout)
+
+    def new_worker(
+        self, entry: ModelEntry, spec: ContainerSpec | None, index: int, deployment: Deployment
+    ) -> Worker:
+        """A replica's Worker, registered and with its series at zero; not started."""
+        worker_id = spec.worker_id if spec is not None else entry.worker_id
+        self.metrics.add_replica(entry.pipeline, entry.model_id, str(index), entry.capacity)
+        worker = Worker(
+            entry,
+            spec=spec,
+            engine=self.engine,
+            policy=self.policy_for(entry),
+            proxy_url=proxy_url(self.settings.public_base_url, worker_id),
+            probe_timeout=self.settings.probe_timeout,
+            stop_timeout=self.settings.stop_timeout,
+            worker_id=worker_id,
+            replica=index,
+            on_change=deployment.worker_changed,
+            metrics=self.metrics,
+            clock=self._clock,
+        )
+        if spec is not None and spec.gpus is not None:
+            worker.gpus = gpus_given(spec.gpus, self.gpu_inventory)
+        self.workers[worker_id] = worker
+        return worker
+
+    def gpu_devices(self, entry: ModelEntry) -> list[dict[str, Any]] | None:
+        """The host GPUs an entry without replicas is given, when that can be known."""
+        request = entry.gpu_request() if entry.managed else None
+        given = None if request is None else gpus_given(request, self.gpu_inventory)
+        return None if given is None else [g.described() for g in given]
+
+    def forget_worker(self, worker: Worker) -> None:
+        if self.workers.get(worker.worker_id) is worker:
+            del self.workers[worker.worker_id]
+        self.proxy.forget(worker.worker_id)
+        entry = worker.entry
+        still = self.deployments.get(worker.entry_id)
+        if still is None or worker.replica not in still.workers:
+            self.metrics.remove_replica(entry.pipeline, entry.model_id, str(worker.replica))
+
+    def end_sessions(self, worker: Worker, reason: EndReason, detail: str | None) -> None:
+        self.proxy.end_worker_sessions(worker.worker_id, reason, detail)
+
+    def session_ids(self, worker_id: str) -> tuple[str, ...]:
+        return tuple(s.id for s in self.sessions.live(worker_id))
+
+    def entry_url(self, entry_id: str) -> str:
+        return proxy_url(self.settings.public_base_url, entry_id)
+
+    def capacity_changed(self, entry: ModelEntry, capacity: int) -> None:
+        self.metrics.capability_capacity.labels(entry.pipeline, entry.model_id).set(capacity)
+
+    def target(self, some_id: str) -> Target | None:
+        """What `/proxy/<id>` reaches: an entry (routed over its replicas) or one replica."""
+        deployment = self.deployments.get(some_id)
+        if deployment is not None:
+            return Target(deployment, None)
+        worker = self.workers.get(some_id)
+        if worker is None:
+            return None
+        owner = self.deployments.get(worker.entry_id)
+        return None if owner is None else Target(owner, worker)
+
+    # -- reload ---------------------------------------------------------------------------------
 
     async def reload(self, models: ModelsFile | None = None) -> ReloadPlan:
         """Re-read aiModels.json (or take `models`) and apply only the difference.
 
         An invalid file raises ReloadRejected and changes nothing. Untouched entries keep their
-        containers and sessions; an entry whose container is unaffected is updated in place;
-        removed and replaced workers are withdrawn first, their sessions ended with the reason.
+        containers and sessions; an entry whose containers are unaffected is updated in place;
+        removed and changed entries are withdrawn (replicated ones drain and roll over one
+        replica at a time, in the background).
         """
         async with self._reload_lock:
             if models is None:
@@ -285,6 +393,9 @@ class Daemon:
                         load_models,
                         self.settings.models_path,
                         reserved_ports=reserved_ports(self.settings),
+                        gpu_pool=self.gpu_pool,
+                        pool_configured=self.settings.gpu_pool_setting is not None,
+                        gpu_inventory=self.gpu_inventory,
                     )
                 except ModelsFileError as exc:
                     self.metrics.config_reloads.labels("rejected").inc()
@@ -308,67 +419,43 @@ class Daemon:
             return the_plan
 
     async def _apply(self, models: ModelsFile) -> ReloadPlan:
-        instance = self.settings.instance
-        entries = {e.worker_id: e for e in models.entries}
-        specs = {
-            e.worker_id: build_container_spec(e, instance) for e in models.entries if e.managed
-        }
+        wanted = self._wanted(models)
         current = {
-            worker_id: Running(w.entry, w.spec.spec_hash if w.spec else None, w.entry.warm)
-            for worker_id, w in self.workers.items()
+            entry_id: Wanted(d.entry, d.wanted_specs()).running
+            for entry_id, d in self.deployments.items()
         }
-        wanted = {
-            worker_id: Running(e, specs[worker_id].spec_hash if e.managed else None, e.warm)
-            for worker_id, e in entries.items()
-        }
-        the_plan = plan_reload(current, wanted)
+        the_plan = plan_reload(current, {k: w.running for k, w in wanted.items()})
         if not the_plan.changed:
             self.models = models
             return the_plan
-        if specs:
+        if any(w.entry.managed for w in wanted.values()):
             await self._follow_engine()
         await asyncio.gather(
-            *(self._retire(w, EndReason.REMOVED) for w in the_plan.remove),
-            *(self._retire(w, EndReason.REPLACED) for w in the_plan.replace),
+            *(self.deployments[i].retire(EndReason.REMOVED) for i in the_plan.remove)
         )
-        for worker_id in the_plan.remove:
-            worker = self.workers.pop(worker_id)
-            self.metrics.remove_worker(worker.entry.pipeline, worker.entry.model_id)
-        for worker_id in the_plan.update:
-            entry = entries[worker_id]
-            self.workers[worker_id].update_entry(entry, self._policy_for(entry))
-        for worker_id in (*the_plan.replace, *the_plan.add):
-            if worker_id in the_plan.replace:
-                old = self.workers[worker_id].entry
-                self.metrics.remove_worker(old.pipeline, old.model_id)
-            self._spawn(entries[worker_id], specs.get(worker_id), None)
-        self.workers = {worker_id: self.workers[worker_id] for worker_id in entries}
+        for entry_id in the_plan.remove:
+            gone = self.deployments.pop(entry_id)
+            self.metrics.remove_entry(gone.entry.pipeline, gone.entry.model_id)
+        for entry_id in the_plan.update:
+            self.deployments[entry_id].update(wanted[entry_id].entry)
+        for entry_id in the_plan.replace:
+            deployment, new = self.deployments[entry_id], wanted[entry_id]
+            self.metrics.entry_replicas.labels(new.entry.pipeline, new.entry.model_id).set(
+                len(new.specs)
+            )
+            await deployment.reconfigure(new.entry, new.specs)
+        for entry_id in the_plan.add:
+            self._deploy(wanted[entry_id]).start({})
+        self.deployments = {entry_id: self.deployments[entry_id] for entry_id in wanted}
         self.models = models
         return the_plan
-
-    async def _retire(self, worker_id: str, reason: EndReason) -> None:
-        """Withdraw a worker, end its sessions, stop its container and stop following it."""
-        worker = self.workers[worker_id]
-        self.proxy.end_worker_sessions(worker_id, reason, "aiModels.json changed")
-        worker.post(Stop())
-        try:
-            await worker.wait_for(
-                lambda s: s.state is State.STOPPED,
-                timeout=self.settings.stop_timeout + self.settings.docker_timeout,
-            )
-        except TimeoutError:
-            log.warning(
-                "worker did not stop in time; left to start-up reconcile", worker_id=worker_id
-            )
-        await worker.close()
-        self.registry.withdraw(worker_id)
 
     def _note_config_applied(self) -> None:
         with contextlib.suppress(OSError):
             self.metrics.config_loaded_timestamp.set(self.settings.models_path.stat().st_mtime)
         self.metrics.config_last_reload_timestamp.set(self._clock())
 
-    # -- Docker events ------------------------------------------------------------------------
+    # -- Docker events --------------------------------------------------------------------------
 
     async def _dispatch(self, events: EventStream) -> None:
         oom_killed: set[str] = set()
@@ -393,8 +480,10 @@ class Daemon:
         worker.post(Died(str(event.container_id), reason))
 
     def _by_container(self, container_id: str | None) -> Worker | None:
+        if not container_id:
+            return None
         for worker in self.workers.values():
-            if container_id and worker.status.container_id == container_id:
+            if worker.status.container_id == container_id:
                 return worker
         return None
 
@@ -405,30 +494,15 @@ class Daemon:
         except EngineError as exc:
             log.warning("could not re-list containers", error=str(exc))
             return
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             container_id = worker.status.container_id
             if worker.entry.managed and container_id and container_id not in running:
                 worker.post(Died(container_id, "container stopped while Docker events were down"))
 
-    # -- sessions -----------------------------------------------------------------------------
+    # -- sessions -------------------------------------------------------------------------------
 
     def _capabilities_changed(self, change: Change) -> None:
-        """A worker that left the warm set takes its sessions with it, at once."""
         self.metrics.capabilities_warm.set(len(self.registry))
-        for capability in change.withdrawn:
-            worker = self.workers.get(capability.worker_id)
-            if worker is None or not self.sessions.in_use(capability.worker_id):
-                continue
-            reason = (
-                EndReason.UNHEALTHY
-                if worker.status.state is State.UNHEALTHY
-                else EndReason.REMOVED
-                if worker.status.state in (State.STOPPING, State.STOPPED)
-                else EndReason.CRASHED
-            )
-            self.proxy.end_worker_sessions(
-                capability.worker_id, reason, worker.status.reason or None
-            )
 
     def _sessions_counted(self, worker_id: str, in_use: int) -> None:
         worker = self.workers.get(worker_id)
@@ -440,7 +514,7 @@ class Daemon:
             session.pipeline, session.model_id, str(session.end_reason)
         ).inc()
 
-    # -- reporting ----------------------------------------------------------------------------
+    # -- reporting ------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
         states: dict[str, int] = {}
@@ -449,6 +523,7 @@ class Daemon:
         return {
             "ready": self.ready,
             "instance": self.settings.instance,
+            "entries": len(self.deployments),
             "workers": len(self.workers),
             "warm": len(self.registry),
             "states": states,

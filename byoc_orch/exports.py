@@ -29,7 +29,7 @@ class DaemonUnreachableError(Exception):
 
 
 def live_runners(models: ModelsFile, settings: Settings) -> dict[str, Any]:
-    return runners_document(models.entries, settings.public_base_url)
+    return runners_document(models.entries, settings.public_base_url, models.replicas)
 
 
 def live_runner_warnings(settings: Settings) -> list[str]:

@@ -1,9 +1,10 @@
 """Every Prometheus metric byoc-orch exports, in one registry per daemon.
 
 Names follow Prometheus conventions: `byoc_orch_` prefix, base units (seconds, bytes, ratios),
-`_total` counters, `_seconds` histograms. Labels are few and bounded: a worker is named by
-`pipeline` and `model_id` (an aiModels.json capability is unique), never by session or
-container id. Series for known workers are created up front so they read 0, not absent.
+`_total` counters, `_seconds` histograms. Labels are few and bounded: an entry is named by
+`pipeline` and `model_id` (an aiModels.json capability is unique), one of its containers by those
+and its `replica` index (bounded by the entry's replica limit); never by session or container id.
+Series for known entries and replicas are created up front so they read 0, not absent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        worker = ("pipeline", "model_id")
+        entry = ("pipeline", "model_id")
+        worker = (*entry, "replica")
         self.build_info = Info("byoc_orch_build", "byoc-orch version and Python.", registry=r)
         self.build_info.info(
             {"version": __version__, "python": platform.python_version()},
@@ -60,8 +62,20 @@ class Metrics:
         )
         self.worker_capacity = Gauge(
             "byoc_orch_worker_capacity_sessions",
-            "Concurrent sessions each worker is configured to serve.",
+            "Concurrent sessions each worker (replica) is configured to serve.",
             worker,
+            registry=r,
+        )
+        self.capability_capacity = Gauge(
+            "byoc_orch_capability_capacity_sessions",
+            "Sessions an entry's capability offers now: its warm, undrained replicas' capacity.",
+            entry,
+            registry=r,
+        )
+        self.entry_replicas = Gauge(
+            "byoc_orch_entry_replicas",
+            "Replicas each entry asks for.",
+            entry,
             registry=r,
         )
         self.probe_duration = Histogram(
@@ -117,19 +131,19 @@ class Metrics:
         self.sessions_started = Counter(
             "byoc_orch_sessions_started_total",
             "Sessions the worker accepted.",
-            worker,
+            entry,
             registry=r,
         )
         self.sessions_ended = Counter(
             "byoc_orch_sessions_ended_total",
             "Sessions ended, by reason.",
-            (*worker, "reason"),
+            (*entry, "reason"),
             registry=r,
         )
         self.session_starts_refused = Counter(
             "byoc_orch_session_starts_refused_total",
             "Session starts refused by byoc-orch itself (503) before reaching the worker.",
-            (*worker, "reason"),
+            (*entry, "reason"),
             registry=r,
         )
         self.proxy_duration = Histogram(
@@ -169,47 +183,70 @@ class Metrics:
             for status_class in STATUS_CLASSES:
                 self.proxy_duration.labels(route, status_class)
 
-    def add_worker(self, pipeline: str, model_id: str, capacity: int) -> None:
-        """Create a worker's series at zero so dashboards see it before anything happens."""
-        for state in WORKER_STATES:
-            self.worker_state.labels(pipeline, model_id, state)
-        self.worker_capacity.labels(pipeline, model_id).set(capacity)
-        self.probe_duration.labels(pipeline, model_id)
-        for reason in PROBE_FAILURE_REASONS:
-            self.probe_failures.labels(pipeline, model_id, reason)
-        self.container_restarts.labels(pipeline, model_id)
-        self.time_to_warm.labels(pipeline, model_id)
-        self.sessions_active.labels(pipeline, model_id)
+    def add_entry(self, pipeline: str, model_id: str, replicas: int) -> None:
+        """Create an entry's series at zero so dashboards see it before anything happens."""
+        self.entry_replicas.labels(pipeline, model_id).set(replicas)
+        self.capability_capacity.labels(pipeline, model_id)
         self.sessions_started.labels(pipeline, model_id)
         for reason in SESSION_END_REASONS:
             self.sessions_ended.labels(pipeline, model_id, reason)
         for reason in START_REFUSALS:
             self.session_starts_refused.labels(pipeline, model_id, reason)
 
-    def remove_worker(self, pipeline: str, model_id: str) -> None:
-        """Drop a removed worker's series, so a reload leaves no ghosts behind."""
+    def remove_entry(self, pipeline: str, model_id: str) -> None:
+        """Drop a removed entry's series, so a reload leaves no ghosts behind."""
         for metric, extra in (
-            (self.worker_state, WORKER_STATES),
-            (self.probe_failures, PROBE_FAILURE_REASONS),
             (self.sessions_ended, SESSION_END_REASONS),
             (self.session_starts_refused, START_REFUSALS),
         ):
             for value in extra:
                 _discard(metric, pipeline, model_id, value)
+        for each in (self.entry_replicas, self.capability_capacity, self.sessions_started):
+            _discard(each, pipeline, model_id)
+
+    def add_replica(self, pipeline: str, model_id: str, replica: str, capacity: int) -> None:
+        """Create one replica's series at zero."""
+        for state in WORKER_STATES:
+            self.worker_state.labels(pipeline, model_id, replica, state)
+        self.worker_capacity.labels(pipeline, model_id, replica).set(capacity)
+        self.probe_duration.labels(pipeline, model_id, replica)
+        for reason in PROBE_FAILURE_REASONS:
+            self.probe_failures.labels(pipeline, model_id, replica, reason)
+        self.container_restarts.labels(pipeline, model_id, replica)
+        self.time_to_warm.labels(pipeline, model_id, replica)
+        self.sessions_active.labels(pipeline, model_id, replica)
+
+    def remove_replica(self, pipeline: str, model_id: str, replica: str) -> None:
+        for metric, extra in (
+            (self.worker_state, WORKER_STATES),
+            (self.probe_failures, PROBE_FAILURE_REASONS),
+        ):
+            for value in extra:
+                _discard(metric, pipeline, model_id, replica, value)
         plain: tuple[Gauge | Counter | Histogram, ...] = (
             self.worker_capacity,
             self.probe_duration,
             self.container_restarts,
             self.time_to_warm,
             self.sessions_active,
-            self.sessions_started,
         )
         for each in plain:
-            _discard(each, pipeline, model_id)
+            _discard(each, pipeline, model_id, replica)
 
-    def set_state(self, pipeline: str, model_id: str, state: str) -> None:
+    def add_worker(self, pipeline: str, model_id: str, capacity: int) -> None:
+        """An entry with one replica (index 0): what tests and tools create most often."""
+        self.add_entry(pipeline, model_id, 1)
+        self.add_replica(pipeline, model_id, "0", capacity)
+
+    def remove_worker(self, pipeline: str, model_id: str) -> None:
+        self.remove_replica(pipeline, model_id, "0")
+        self.remove_entry(pipeline, model_id)
+
+    def set_state(self, pipeline: str, model_id: str, replica: str, state: str) -> None:
         for each in WORKER_STATES:
-            self.worker_state.labels(pipeline, model_id, each).set(1 if each == state else 0)
+            self.worker_state.labels(pipeline, model_id, replica, each).set(
+                1 if each == state else 0
+            )
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -226,4 +263,3 @@ class Metrics:
 def _discard(metric: Gauge | Counter | Histogram, *labels: str) -> None:
     with contextlib.suppress(KeyError):
         metric.remove(*labels)
-

@@ -1,15 +1,19 @@
-"""The session proxy: session calls to the right warm container, everything else passed through.
+"""The session proxy: session calls to the right replica, everything else passed through.
 
-Each worker has a stable base, `/proxy/<worker_id>`, which is the `url` byoc-orch advertises.
-Under it `stream/{start,stop,params,update,status}` (with or without `api/`) are session
-calls: byoc-orch keeps the session table, enforces capacity, and forwards to the prefix the
-container actually serves. Any other path is forwarded as it is (batch BYOC workers). The same
-session calls at byoc-orch's root are routed by the `X-Model-Id` (and `X-Pipeline`) headers,
-as the Livepeer docs describe for BYOC clients.
+Each entry has a stable base, `/proxy/<entry_id>`, which is the `url` byoc-orch advertises; each
+replica has one too, `/proxy/<worker_id>` (Live Runner advertises replicas one by one). Under it
+`stream/{start,stop,params,update,status}` (with or without `api/`) are session calls:
+byoc-orch keeps the session table, enforces each replica's capacity, sends a start to the
+replica `routing.choose` picks and every later call about that session to the replica holding
+it, and forwards to the prefix the container actually serves. A session is named by
+`X-Gateway-Request-Id`, go-livepeer's `X-Stream-Id`, a `gateway_request_id` query parameter or
+body field. Any other path is forwarded as it is (batch BYOC workers). The same session calls
+at byoc-orch's root are routed by the `X-Model-Id` (and `X-Pipeline`) headers, as the Livepeer
+docs describe for BYOC clients.
 
 The container's answer is passed through unchanged; byoc-orch answers with its own JSON error
-only when the container was never reached (or byoc-orch refused first). One shared
-`httpx.AsyncClient` carries every call, over pooled keep-alive connections.
+only when the container was never reached (or byoc-orch refused first). Carrying bytes is
+forwarding.py's job.
 """
 
 from __future__ import annotations
@@ -17,44 +21,39 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
-from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from byoc_orch.auth import token_denied
+from byoc_orch.forwarding import (
+    Unreachable,
+    error_response,
+    forward,
+    relay,
+    relay_stream,
+    request_headers,
+)
 from byoc_orch.metrics import Metrics
-from byoc_orch.sessions import EndReason, Refused, SessionTable
+from byoc_orch.routing import Refusal, RefusalReason, ReplicaLoad, choose
+from byoc_orch.sessions import EndReason, Refused, SessionState, SessionTable
 
 if TYPE_CHECKING:
+    from byoc_orch.deployment import Deployment
     from byoc_orch.worker import Worker
 
 log = structlog.get_logger("byoc_orch.proxy")
 
 SESSION_PATH = re.compile(r"^/?(?:api/)?stream/(start|stop|params|update|status)/?$")
 SESSION_OPS = {"start": "start", "stop": "stop", "params": "params", "update": "params"}
-SESSION_HEADER = "x-gateway-request-id"
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "authorization",
-    }
-)
+SESSION_HEADERS = ("x-gateway-request-id", "x-stream-id")
+"""Headers naming a session: byoc-orch's own, and the one go-livepeer sends on every call."""
+_error = error_response
 
 
 def session_op(path: str, method: str) -> str | None:
@@ -77,6 +76,27 @@ class BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a call addresses: an entry (routed over its replicas) or one of its replicas."""
+
+    deployment: Deployment
+    worker: Worker | None = None
+
+    def candidates(self) -> list[Worker]:
+        return [self.worker] if self.worker is not None else self.deployment.replicas()
+
+    def loads(self) -> list[ReplicaLoad]:
+        return self.deployment.loads(self.worker)
+
+    @property
+    def name(self) -> str:
+        entry = self.deployment.entry
+        if self.worker is not None and self.worker.worker_id != self.deployment.entry_id:
+            return f"{entry.capability} replica {self.worker.replica}"
+        return entry.capability
+
+
 @dataclass
 class _Routes:
     """What a container serves, found once per container: its session prefix and the name of
@@ -88,13 +108,13 @@ class _Routes:
 
 
 class SessionProxy:
-    """Forwards calls for the workers `lookup` finds; owns the session table's transitions."""
+    """Forwards calls for the entries `resolve` finds; owns the session table's transitions."""
 
     def __init__(
         self,
         *,
-        workers: Callable[[], Mapping[str, Worker]],
-        is_warm: Callable[[str], bool],
+        resolve: Callable[[str], Target | None],
+        deployments: Callable[[], Mapping[str, Deployment]],
         sessions: SessionTable,
         http: httpx.AsyncClient,
         metrics: Metrics,
@@ -104,8 +124,8 @@ class SessionProxy:
         api_token: str | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._workers = workers
-        self._is_warm = is_warm
+        self._resolve = resolve
+        self._deployments = deployments
         self.sessions = sessions
         self._http = http
         self._metrics = metrics
@@ -118,28 +138,27 @@ class SessionProxy:
     # -- entry points ---------------------------------------------------------------------------
 
     async def handle_worker(self, request: Request) -> Response:
-        """Everything under /proxy/{worker_id}/."""
-        worker_id = request.path_params["worker_id"]
-        worker = self._workers().get(worker_id)
-        if worker is None:
+        """Everything under /proxy/{id}/: an entry's id or one replica's."""
+        some_id = request.path_params["worker_id"]
+        target = self._resolve(some_id)
+        if target is None:
             return _error(
                 404,
-                f"no worker {worker_id!r}",
-                fix="GET /workers lists the worker ids",
-                known=sorted(self._workers()),
+                f"no entry or worker {some_id!r}",
+                fix="GET /capabilities lists the entries' URLs, GET /workers every replica",
             )
         path = request.path_params.get("path", "")
-        denied = self._authorize(request)
+        denied = token_denied(request, self._api_token)
         if denied is not None:
             return denied
         op = session_op(path, request.method)
         if op is None:
-            return await self._passthrough(request, worker, path)
-        return await self._session_call(request, worker, op)
+            return await self._passthrough(request, target, path)
+        return await self._session_call(request, target, op)
 
     async def handle_routed(self, request: Request) -> Response:
         """Session calls at the root, routed by X-Model-Id (and X-Pipeline)."""
-        denied = self._authorize(request)
+        denied = token_denied(request, self._api_token)
         if denied is not None:
             return denied
         op = session_op(request.url.path, request.method)
@@ -152,20 +171,22 @@ class SessionProxy:
                 400,
                 "X-Model-Id header is required to route a session call at the root",
                 fix="send X-Model-Id (and X-Pipeline if the model serves several pipelines), "
-                "or call /proxy/<worker_id>/stream/... directly",
+                "or call /proxy/<entry id>/stream/... directly",
             )
+        every = self._deployments().values()
         candidates = [
-            w
-            for w in self._workers().values()
-            if w.entry.model_id == model_id and (not pipeline or w.entry.pipeline == pipeline)
+            d
+            for d in every
+            if d.entry.model_id == model_id and (not pipeline or d.entry.pipeline == pipeline)
         ]
         if not candidates:
+            known = sorted(d.entry.capability for d in every)
             return _error(
                 404,
                 f"no worker serves model_id {model_id!r}"
                 + (f" for pipeline {pipeline!r}" if pipeline else ""),
                 model_id=model_id,
-                known=sorted(w.entry.capability for w in self._workers().values()),
+                known=known,
             )
         if len(candidates) > 1:
             return _error(
@@ -173,16 +194,17 @@ class SessionProxy:
                 f"model_id {model_id!r} is served by several pipelines",
                 fix="send X-Pipeline naming one of them",
                 model_id=model_id,
-                pipelines=sorted(w.entry.pipeline for w in candidates),
+                pipelines=sorted(d.entry.pipeline for d in candidates),
             )
-        return await self._session_call(request, candidates[0], op)
+        return await self._session_call(request, Target(candidates[0]), op)
 
-    def _authorize(self, request: Request) -> Response | None:
-        return token_denied(request, self._api_token)
+    def forget(self, worker_id: str) -> None:
+        """A replica is gone: forget what its container serves."""
+        self._routes.pop(worker_id, None)
 
     # -- session calls --------------------------------------------------------------------------
 
-    async def _session_call(self, request: Request, worker: Worker, op: str) -> Response:
+    async def _session_call(self, request: Request, target: Target, op: str) -> Response:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -191,17 +213,13 @@ class SessionProxy:
         except ClientDisconnect:
             return Response(status_code=499)
         if op == "start":
-            response = await self._start(request, worker, body)
-        elif op == "stop":
-            response = await self._stop(request, worker, body)
-        elif op == "params":
-            response = await self._params(request, worker, body)
+            response = await self._start(request, target, body)
         else:
-            response = await self._status(request, worker)
+            response = await self._about_session(request, target, op, body)
         return self._observed(op, started, response)
 
-    async def _start(self, request: Request, worker: Worker, body: bytes) -> Response:
-        entry = worker.entry
+    async def _start(self, request: Request, target: Target, body: bytes) -> Response:
+        entry = target.deployment.entry
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -215,20 +233,18 @@ class SessionProxy:
                 "gateway_request_id is required in the start body (a non-empty string)",
                 model_id=entry.model_id,
             )
-        if not self._is_warm(worker.worker_id):
-            return self._refuse(
-                worker,
-                "not_warm",
-                f"{entry.capability} is not warm (state {worker.status.state}); "
-                "try another orchestrator",
-            )
+        choice = choose(target.loads())
+        if isinstance(choice, Refusal):
+            return self._refuse(target, choice)
+        worker = next(w for w in target.candidates() if w.worker_id == choice.worker_id)
         try:
             self.sessions.reserve(
                 session_id,
                 worker_id=worker.worker_id,
+                entry_id=target.deployment.entry_id,
                 pipeline=entry.pipeline,
                 model_id=entry.model_id,
-                capacity=entry.capacity,
+                capacity=worker.entry.capacity,
                 now=self._clock(),
                 params=payload.get("params"),
                 request={
@@ -240,18 +256,18 @@ class SessionProxy:
         except Refused as refused:
             if refused.reason == "duplicate":
                 return _error(409, str(refused), model_id=entry.model_id, session=session_id)
-            return self._refuse(worker, refused.reason, str(refused))
+            return self._refuse(target, Refusal(RefusalReason.FULL, 1, 0, 0), str(refused))
         try:
             routes = await self._container_routes(worker)
-            upstream = await self._forward(
+            upstream = await self._send(
                 worker, "POST", f"{routes.prefix}/stream/start", request, body
             )
         except BaseException:
             self.sessions.release(session_id)
             raise
-        if isinstance(upstream, Response):
+        if isinstance(upstream, Unreachable):
             self.sessions.release(session_id)
-            return upstream
+            return upstream.response()
         if upstream.is_success:
             if self.sessions.confirm(session_id) is not None:
                 self._metrics.sessions_started.labels(entry.pipeline, entry.model_id).inc()
@@ -261,100 +277,158 @@ class SessionProxy:
                     worker_id=worker.worker_id,
                     pipeline=entry.pipeline,
                     model_id=entry.model_id,
+                    replica=worker.replica,
                     container_id=(worker.status.container_id or "")[:12] or None,
                 )
         else:
             self.sessions.release(session_id)
-        return _relay(upstream)
+        return relay(upstream)
 
-    async def _stop(self, request: Request, worker: Worker, body: bytes) -> Response:
+    async def _about_session(
+        self, request: Request, target: Target, op: str, body: bytes
+    ) -> Response:
+        """stop, params and status: to the replica holding the session."""
+        held = self._holder(request, target, body, op)
+        if isinstance(held, Response):
+            return held
+        worker, session_id = held
         routes = await self._container_routes(worker)
-        session_id = self._session_named(request, worker, body)
-        upstream = await self._forward(
-            worker, "POST", f"{routes.prefix}/stream/stop", request, body
-        )
-        if isinstance(upstream, Response):
-            return upstream
-        if session_id is not None and upstream.status_code < 500:
-            # 2xx: stopped. 4xx: the container has no such stream, so it is not running either.
-            self.sessions.end(
-                session_id,
-                EndReason.STOPPED,
-                self._clock(),
-                None if upstream.is_success else f"container answered {upstream.status_code}",
+        if op == "status":
+            upstream = await self._send(
+                worker, "GET", f"{routes.prefix}/stream/status", request, b""
             )
-        return _relay(upstream)
+            return upstream.response() if isinstance(upstream, Unreachable) else relay(upstream)
+        if op == "stop":
+            upstream = await self._send(
+                worker, "POST", f"{routes.prefix}/stream/stop", request, body
+            )
+            if isinstance(upstream, Unreachable):
+                return upstream.response()
+            if session_id is not None and upstream.status_code < 500:
+                # 2xx: stopped. 4xx: the container has no such stream, so it is not running either.
+                self.sessions.end(
+                    session_id,
+                    EndReason.STOPPED,
+                    self._clock(),
+                    None if upstream.is_success else f"container answered {upstream.status_code}",
+                )
+            return relay(upstream)
+        upstream = await self._send_params(worker, routes, request, body)
+        if isinstance(upstream, Unreachable):
+            return upstream.response()
+        if upstream.is_success and session_id is not None:
+            self.sessions.set_params(session_id, _params_of(body), self._clock())
+        return relay(upstream)
 
-    async def _params(self, request: Request, worker: Worker, body: bytes) -> Response:
-        routes = await self._container_routes(worker)
-        session_id = self._session_named(request, worker, body)
-        upstream = await self._forward(
-            worker, "POST", f"{routes.prefix}/stream/{routes.params_op}", request, body
-        )
+    async def _send_params(
+        self, worker: Worker, routes: _Routes, request: Request, body: bytes
+    ) -> httpx.Response | Unreachable:
+        path = f"{routes.prefix}/stream/{routes.params_op}"
+        upstream = await self._send(worker, "POST", path, request, body)
         if (
-            not isinstance(upstream, Response)
+            isinstance(upstream, httpx.Response)
             and upstream.status_code in (404, 405)
             and routes.params_op == "params"
         ):
             # Some /api-generation workers only serve `update`: learn it once.
-            retry = await self._forward(
+            retry = await self._send(
                 worker, "POST", f"{routes.prefix}/stream/update", request, body
             )
-            if isinstance(retry, Response) or retry.status_code not in (404, 405):
+            if isinstance(retry, Unreachable) or retry.status_code not in (404, 405):
                 await upstream.aclose()
                 routes.params_op = "update"
-                upstream = retry
-        if isinstance(upstream, Response):
-            return upstream
-        if upstream.is_success and session_id is not None:
-            self.sessions.set_params(session_id, _params_of(body), self._clock())
-        return _relay(upstream)
+                return retry
+        return upstream
 
-    async def _status(self, request: Request, worker: Worker) -> Response:
-        routes = await self._container_routes(worker)
-        upstream = await self._forward(
-            worker, "GET", f"{routes.prefix}/stream/status", request, b""
-        )
-        return upstream if isinstance(upstream, Response) else _relay(upstream)
-
-    def _session_named(self, request: Request, worker: Worker, body: bytes) -> str | None:
-        """The session a stop or params call means: by header, query or body, else the
-        worker's only live session."""
-        named = request.headers.get(SESSION_HEADER) or request.query_params.get(
-            "gateway_request_id"
-        )
-        if not named and body:
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                payload = None
-            if isinstance(payload, dict) and isinstance(payload.get("gateway_request_id"), str):
-                named = payload["gateway_request_id"]
+    def _holder(
+        self, request: Request, target: Target, body: bytes, op: str
+    ) -> tuple[Worker, str | None] | Response:
+        """The replica a call about a session goes to, and the session it is about (None when
+        byoc-orch does not know it and leaves the answer to the only replica there is)."""
+        candidates = target.candidates()
+        by_id = {w.worker_id: w for w in candidates}
+        named = _named_session(request, body)
         if named:
             session = self.sessions.get(named)
-            return named if session is not None and session.worker_id == worker.worker_id else None
-        live = self.sessions.live(worker.worker_id)
-        return live[0].id if len(live) == 1 else None
-
-    def _refuse(self, worker: Worker, reason: str, message: str) -> Response:
-        entry = worker.entry
-        self._metrics.session_starts_refused.labels(entry.pipeline, entry.model_id, reason).inc()
+            if (
+                session is not None
+                and session.state is not SessionState.ENDED
+                and session.worker_id in by_id
+            ):
+                return by_id[session.worker_id], named
+            if len(candidates) == 1:
+                return candidates[0], None
+            return _error(
+                404,
+                f"no live session {named!r} on {target.name}",
+                fix="GET /sessions lists the live sessions and the replica holding each",
+                session=named,
+                live=self._live_ids(candidates),
+            )
+        live = [s for w in candidates for s in self.sessions.live(w.worker_id)]
+        if len(live) == 1:
+            return by_id[live[0].worker_id], live[0].id
+        if len(live) > 1:
+            return _error(
+                400,
+                f"{len(live)} sessions are live on {target.name}; this {op} names none of them",
+                fix="name the session: X-Gateway-Request-Id or X-Stream-Id header, or "
+                "gateway_request_id in the query or the JSON body",
+                sessions=[s.id for s in live],
+            )
+        if len(candidates) == 1:
+            return candidates[0], None
         return _error(
-            503,
-            message,
-            reason=reason,
-            pipeline=entry.pipeline,
-            model_id=entry.model_id,
-            worker_id=worker.worker_id,
-            state=str(worker.status.state),
-            capacity=entry.capacity,
-            in_use=self.sessions.in_use(worker.worker_id),
-            headers={"Retry-After": "1"},
+            400,
+            f"no session is live on {target.name} and this {op} names none",
+            fix="name the session (X-Gateway-Request-Id or X-Stream-Id), or call one replica: "
+            "/proxy/<worker id>/stream/...",
+            replicas=sorted(by_id),
         )
+
+    def _live_ids(self, workers: Sequence[Worker]) -> list[str]:
+        return [s.id for w in workers for s in self.sessions.live(w.worker_id)]
+
+    def _refuse(self, target: Target, refusal: Refusal, message: str | None = None) -> Response:
+        entry = target.deployment.entry
+        reason = str(refusal.reason)
+        self._metrics.session_starts_refused.labels(entry.pipeline, entry.model_id, reason).inc()
+        candidates = target.candidates()
+        if message is None:
+            if refusal.reason is RefusalReason.NOT_WARM:
+                states = ", ".join(f"{w.status.state}" for w in candidates)
+                message = (
+                    f"{target.name} is not warm (state {states}); try another orchestrator"
+                    if len(candidates) == 1
+                    else f"{target.name} has no warm replica ({states}); try another orchestrator"
+                )
+            else:
+                message = (
+                    f"{target.name} is at capacity ({refusal.in_use}/{refusal.capacity} sessions "
+                    f"over {refusal.routable} replica{'s' if refusal.routable != 1 else ''}); "
+                    "try another orchestrator"
+                )
+        details: dict[str, Any] = {
+            "reason": reason,
+            "pipeline": entry.pipeline,
+            "model_id": entry.model_id,
+            "entry_id": target.deployment.entry_id,
+            "worker_id": candidates[0].worker_id if len(candidates) == 1 else None,
+            "state": str(candidates[0].status.state) if len(candidates) == 1 else None,
+            "capacity": sum(w.entry.capacity for w in candidates if w.routable),
+            "in_use": sum(w.in_use for w in candidates),
+            "replicas": [
+                {"worker_id": w.worker_id, "state": str(w.status.state), "draining": w.draining}
+                for w in candidates
+            ],
+        }
+        if len(candidates) == 1:
+            details["capacity"] = entry.capacity
+        return _error(503, message, headers={"Retry-After": "1"}, **details)
 
     # -- pass-through ---------------------------------------------------------------------------
 
-    async def _passthrough(self, request: Request, worker: Worker, path: str) -> Response:
+    async def _passthrough(self, request: Request, target: Target, path: str) -> Response:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -362,17 +436,23 @@ class SessionProxy:
             return self._observed("passthrough", started, self._too_large())
         except ClientDisconnect:
             return Response(status_code=499)
-        target = "/" + path
-        upstream = await self._forward(worker, request.method, target, request, body, stream=True)
-        if isinstance(upstream, Response):
-            return self._observed("passthrough", started, upstream)
+        candidates = target.candidates()
+        routable = [w for w in candidates if w.routable]
+        if routable:
+            worker = min(routable, key=lambda w: (w.in_use, w.replica))
+        elif len(candidates) == 1:
+            worker = candidates[0]
+        else:
+            return self._observed(
+                "passthrough",
+                started,
+                self._refuse(target, Refusal(RefusalReason.NOT_WARM, 0, 0, 0)),
+            )
+        upstream = await self._send(worker, request.method, "/" + path, request, body, stream=True)
+        if isinstance(upstream, Unreachable):
+            return self._observed("passthrough", started, upstream.response())
         self._observed_status("passthrough", started, upstream.status_code)
-        return StreamingResponse(
-            _raw(upstream),
-            status_code=upstream.status_code,
-            headers=_response_headers(upstream.headers, keep_encoding=True),
-            background=BackgroundTask(upstream.aclose),
-        )
+        return relay_stream(upstream)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -412,7 +492,7 @@ class SessionProxy:
                 try:
                     reply = await self._http.get(
                         f"{worker.upstream_url}{prefix}/stream/status",
-                        headers=self._upstream_auth(worker),
+                        headers=request_headers({}, _token(worker)),
                         timeout=self._timeout,
                     )
                 except httpx.HTTPError:
@@ -431,11 +511,7 @@ class SessionProxy:
         self._routes[worker.worker_id] = found
         return found
 
-    def _upstream_auth(self, worker: Worker) -> dict[str, str]:
-        token = worker.entry.token
-        return {"authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-
-    async def _forward(
+    async def _send(
         self,
         worker: Worker,
         method: str,
@@ -444,36 +520,25 @@ class SessionProxy:
         body: bytes,
         *,
         stream: bool = False,
-    ) -> httpx.Response | Response:
-        """Send to the container; an httpx.Response when it answered, else byoc-orch's own
-        502/504 naming the worker."""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers.update(self._upstream_auth(worker))
+    ) -> httpx.Response | Unreachable:
         query = request.url.query
-        url = f"{worker.upstream_url}{path}" + (f"?{query}" if query else "")
-        outgoing = self._http.build_request(
-            method, url, content=body, headers=headers, timeout=self._timeout
+        answer = await forward(
+            self._http,
+            f"{worker.upstream_url}{path}" + (f"?{query}" if query else ""),
+            method,
+            headers=request_headers(request.headers, _token(worker)),
+            body=body,
+            timeout=self._timeout,
+            stream=stream,
+            what=f"{worker.entry.capability} ({worker.worker_id}) {method} {path}",
         )
-        try:
-            return await self._http.send(outgoing, stream=stream)
-        except httpx.TimeoutException as exc:
-            return _error(
-                504,
-                f"{worker.entry.capability} did not answer {method} {path} in time "
-                f"({type(exc).__name__})",
-                fix="raise BYOC_ORCH_PROXY_TIMEOUT if the worker is legitimately slow",
-                worker_id=worker.worker_id,
-                model_id=worker.entry.model_id,
-            )
-        except httpx.HTTPError as exc:
-            return _error(
-                502,
-                f"{worker.entry.capability} could not be reached for {method} {path}: "
-                f"{type(exc).__name__}",
+        if isinstance(answer, Unreachable):
+            answer.details.update(
                 worker_id=worker.worker_id,
                 model_id=worker.entry.model_id,
                 state=str(worker.status.state),
             )
+        return answer
 
     def _observed(self, route: str, started: float, response: Response) -> Response:
         self._observed_status(route, started, response.status_code)
@@ -499,31 +564,36 @@ class SessionProxy:
             )
 
 
-def _relay(upstream: httpx.Response) -> Response:
-    """The container's status, headers and body, unchanged."""
-    return Response(
-        upstream.content,
-        status_code=upstream.status_code,
-        headers=_response_headers(upstream.headers, keep_encoding=False),
-    )
+def _token(worker: Worker) -> str | None:
+    token = worker.entry.token
+    return token.get_secret_value() if token else None
 
 
-def _response_headers(headers: httpx.Headers, *, keep_encoding: bool) -> dict[str, str]:
-    dropped = HOP_BY_HOP - {"authorization"} | (
-        {"content-encoding"} if not keep_encoding else set()
-    )
-    return {k: v for k, v in headers.items() if k.lower() not in dropped}
-
-
-async def _raw(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    async for chunk in upstream.aiter_raw():
-        yield chunk
+def _named_session(request: Request, body: bytes) -> str | None:
+    """The session a call names: by header (ours or go-livepeer's X-Stream-Id), query, or a
+    `gateway_request_id` in a JSON body."""
+    for header in SESSION_HEADERS:
+        value = request.headers.get(header, "").strip()
+        if value:
+            return value
+    named = request.query_params.get("gateway_request_id", "").strip()
+    if named:
+        return named
+    if body[:1] == b"{":
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        found = payload.get("gateway_request_id") if isinstance(payload, dict) else None
+        if isinstance(found, str) and found.strip():
+            return found.strip()
+    return None
 
 
 def _params_of(body: bytes) -> Any:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(payload, dict):
         payload = {k: v for k, v in payload.items() if k != "gateway_request_id"}
@@ -532,16 +602,4 @@ def _params_of(body: bytes) -> Any:
     return payload
 
 
-def _error(
-    status: int,
-    message: str,
-    *,
-    fix: str | None = None,
-    headers: dict[str, str] | None = None,
-    **details: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {"error": message, "source": "byoc-orch"}
-    if fix:
-        body["fix"] = fix
-    body.update(details)
-    return JSONResponse(body, status_code=status, headers=headers)
+__all__ = ["SessionProxy", "Target", "session_op"]

@@ -55,7 +55,7 @@ class Running:
     """What the daemon runs for one worker, as far as a reload is concerned."""
 
     entry: object  # compared by value
-    spec_hash: str | None  # None: no container (external worker)
+    spec_hash: object  # what its containers are, compared by value; None: external worker
     warm: bool
 
 

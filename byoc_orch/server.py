@@ -29,7 +29,6 @@ from byoc_orch.settings import Settings, SettingsError, require_token_off_loopba
 log = structlog.get_logger("byoc_orch.server")
 
 
-
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -98,6 +97,7 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
         await http
         watchdog.cancel()
         return EXIT_UNAVAILABLE
+
     def report_warm_set(_change: Change) -> None:
         notifier.status(status_line(daemon))
 

@@ -35,9 +35,11 @@ class EndReason(StrEnum):
 class Session:
     id: str
     worker_id: str
+    """The replica running it."""
     pipeline: str
     model_id: str
     started_at: float
+    entry_id: str = ""
     state: SessionState = SessionState.STARTING
     params: Any = None
     params_updated_at: float | None = None
@@ -49,6 +51,7 @@ class Session:
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "entry_id": self.entry_id or self.worker_id,
             "worker_id": self.worker_id,
             "pipeline": self.pipeline,
             "model_id": self.model_id,
@@ -122,6 +125,7 @@ class SessionTable:
         now: float,
         params: Any = None,
         request: dict[str, Any] | None = None,
+        entry_id: str = "",
     ) -> Session:
         """Take a slot for a start about to be forwarded; raises Refused when there is none."""
         existing = self._live.get(session_id)
@@ -135,8 +139,8 @@ class SessionTable:
         if used >= capacity:
             raise Refused(
                 "full",
-                f"{pipeline}/{model_id} is at capacity ({used}/{capacity} sessions); "
-                "try another orchestrator",
+                f"{pipeline}/{model_id} is at capacity ({used}/{capacity} sessions on "
+                f"{worker_id}); try another orchestrator",
             )
         session = Session(
             session_id,
@@ -144,6 +148,7 @@ class SessionTable:
             pipeline,
             model_id,
             started_at=now,
+            entry_id=entry_id,
             params=params,
             request=request or {},
         )

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a container gets between SIGTERM and SIGKILL when stopped.",
     )
+    drain_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "Seconds a replica being replaced or removed keeps serving its running sessions "
+            "(taking no new ones) before they are ended and it is stopped."
+        ),
+    )
     startup_timeout: float = Field(
         default=600.0,
         gt=0,
@@ -193,6 +201,15 @@ class Settings(BaseSettings):
             "every start, so verification is off unless it sits behind a real certificate."
         ),
     )
+    gpus: str | None = Field(
+        default=None,
+        description=(
+            "GPUs replicas may be placed on: comma-separated indexes or UUIDs as "
+            "`nvidia-smi -L` lists them, e.g. 0,1,2. Unset: every GPU NVML lists. Leave out "
+            "GPUs kept for go-livepeer's own AI workers; entries without replicas are not "
+            "placed and keep their own gpus."
+        ),
+    )
     gpu_metrics: bool = Field(
         default=True,
         description="Read GPU gauges through NVML; without a driver there are no GPU series.",
@@ -219,6 +236,11 @@ class Settings(BaseSettings):
     def local_api_url(self) -> str:
         """Where this host reaches the daemon's API: a wildcard bind address becomes loopback."""
         return f"http://{_client_host(self.host)}:{self.port}"
+
+    @property
+    def gpu_pool_setting(self) -> tuple[str, ...] | None:
+        """BYOC_ORCH_GPUS as device ids in the operator's order; None when unset."""
+        return tuple(self.gpus.split(",")) if self.gpus is not None else None
 
     @field_validator("instance")
     @classmethod
@@ -249,6 +271,23 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value.rstrip("/")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        members = [member.strip() for member in value.split(",")]
+        if any(not member for member in members):
+            raise ValueError("has an empty member; write GPU indexes or UUIDs like 0,1,2")
+        if any(char.isspace() for member in members for char in member):
+            raise ValueError("a GPU id contains a space; separate GPUs with commas: 0,1,2")
+        members = [str(int(m)) if m.isdigit() else m for m in members]
+        lowered = [m.lower() for m in members]
+        repeated = [m for m, low in zip(members, lowered, strict=True) if lowered.count(low) > 1]
+        if repeated:
+            raise ValueError(f"lists GPU {repeated[0]} twice; list each GPU once")
+        return ",".join(members)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

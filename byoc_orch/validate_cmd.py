@@ -1,8 +1,11 @@
 """``byoc-orch validate``: check aiModels.json and say what the daemon would do with it.
 
 Operators run it before a restart or reload, so it prints every problem at once and, for a
-good file, one line per entry showing how each was understood. Run on the GPU host, it also
-warns about `gpus` naming devices that host does not have (Docker would refuse the container).
+good file, one line per entry showing how each was understood, with where each replica runs.
+Run on the GPU host, it places replicas on that host's GPUs (or BYOC_ORCH_GPUS) and warns about
+`gpus` naming devices the host does not have (Docker would refuse the container). NVML is read
+only when the file needs the host's GPUs: it can take a while to answer, and a file that names
+none should validate the same anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from types import MappingProxyType
 from typing import TextIO
 
 from byoc_orch.aimodels import (
+    GpuRequest,
     ModelEntry,
+    ModelsFile,
     ModelsFileError,
     UnreadableModelsFileError,
     load_models,
@@ -27,6 +32,7 @@ from byoc_orch.gpu import (
     names_gpus,
     read_inventory,
 )
+from byoc_orch.placement import GpuPoolError, ReplicaSlot, pool_from
 
 __all__ = ["describe_entry", "print_problems", "run_validate"]
 
@@ -38,18 +44,23 @@ def run_validate(
     *,
     reserved_ports: Mapping[int, str] = _NO_PORTS,
     gpu_inventory: Callable[[], Sequence[GpuInfo]] | None = read_inventory,
+    gpu_pool_setting: tuple[str, ...] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Validate ``path``; return the process exit code (0 valid, 1 not).
 
     ``gpu_inventory`` lists this host's GPUs (raising `GpuUnavailableError` without NVML);
-    None skips the GPU check.
+    None skips reading them. ``gpu_pool_setting`` is BYOC_ORCH_GPUS (`Settings.gpu_pool_setting`).
     """
     out = out or sys.stdout
     err = err or sys.stderr
+    host = _HostGpus(gpu_inventory)
     try:
-        models = load_models(path, reserved_ports=reserved_ports)
+        models = _load(path, reserved_ports, host, gpu_pool_setting)
+    except GpuPoolError as exc:
+        print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing would start", err)
+        return EXIT_INVALID
     except UnreadableModelsFileError as exc:
         print_problems(exc, None, err)
         return EXIT_INVALID
@@ -63,13 +74,64 @@ def run_validate(
         )
         return EXIT_INVALID
     for index, entry in enumerate(models.entries):
-        print(describe_entry(index, entry), file=out)
+        print(describe_entry(index, entry, models.replicas.get(entry.worker_id, ())), file=out)
     for warning in models.warnings:
         print(f"warning: {warning}", file=out)
-    for line in _gpu_lines(models.entries, gpu_inventory, models.source):
+    for line in _gpu_lines(models, host):
         print(line, file=out)
-    print(_summary(models.entries), file=out)
+    print(_summary(models), file=out)
     return EXIT_OK
+
+
+class _HostGpus:
+    """NVML's inventory, read at most once and only when asked for; empty without NVML."""
+
+    def __init__(self, reader: Callable[[], Sequence[GpuInfo]] | None) -> None:
+        self.reader = reader
+        self.failure: str | None = None
+        self._inventory: list[GpuInfo] | None = None
+
+    def inventory(self) -> list[GpuInfo]:
+        if self._inventory is None:
+            self._inventory = []
+            if self.reader is not None:
+                try:
+                    self._inventory = list(self.reader())
+                except GpuUnavailableError as exc:
+                    self.failure = str(exc)
+        return self._inventory
+
+
+def _load(
+    path: Path,
+    reserved_ports: Mapping[int, str],
+    host: _HostGpus,
+    configured: tuple[str, ...] | None,
+) -> ModelsFile:
+    """The file as the daemon would load it. NVML is asked only to check BYOC_ORCH_GPUS, or
+    when the file is not valid without it or names GPUs or replicas."""
+    if configured is None and host.reader is not None:
+        try:
+            models = load_models(path, reserved_ports=reserved_ports)
+        except UnreadableModelsFileError:
+            raise
+        except ModelsFileError:
+            pass
+        else:
+            if not any(_needs_host_gpus(entry) for entry in models.entries):
+                return models
+    inventory = host.inventory()
+    return load_models(
+        path,
+        reserved_ports=reserved_ports,
+        gpu_pool=pool_from(configured, inventory),
+        pool_configured=configured is not None,
+        gpu_inventory=inventory,
+    )
+
+
+def _needs_host_gpus(entry: ModelEntry) -> bool:
+    return entry.managed and (entry.replicated or names_gpus(entry))
 
 
 def print_problems(exc: ModelsFileError, verdict: str | None, err: TextIO | None = None) -> None:
@@ -84,47 +146,54 @@ def print_problems(exc: ModelsFileError, verdict: str | None, err: TextIO | None
         print(verdict, file=err)
 
 
-def _gpu_lines(
-    entries: list[ModelEntry],
-    gpu_inventory: Callable[[], Sequence[GpuInfo]] | None,
-    source: str,
-) -> list[str]:
-    if gpu_inventory is None or not any(names_gpus(entry) for entry in entries):
+def _gpu_lines(models: ModelsFile, host: _HostGpus) -> list[str]:
+    if host.reader is None or not any(names_gpus(entry) for entry in models.entries):
         return []
-    try:
-        inventory = gpu_inventory()
-    except GpuUnavailableError as exc:
+    inventory = host.inventory()
+    if host.failure is not None:
         return [
             f"note: gpus: device ids and counts were not checked against this host's GPUs "
-            f"({exc}; no NVIDIA driver here?) — run validate on the GPU host to check them"
+            f"({host.failure}; no NVIDIA driver here?) — run validate on the GPU host to check "
+            "them"
         ]
-    return [f"warning: {problem}" for problem in gpu_request_warnings(entries, inventory, source)]
+    warnings = gpu_request_warnings(models.entries, inventory, models.source)
+    return [f"warning: {problem}" for problem in warnings]
 
 
-def describe_entry(index: int, entry: ModelEntry) -> str:
-    """One line saying how an entry was understood."""
+def describe_entry(index: int, entry: ModelEntry, slots: Sequence[ReplicaSlot] = ()) -> str:
+    """One line saying how an entry was understood; a replicated one lists its replicas."""
     temperature = "warm" if entry.warm else "cold"
     head = f"entry {index} {entry.capability}"
     if not entry.managed:
         return f"{head}: external, {temperature}, url={entry.url}"
+    head = f"{head}: managed, {temperature}, image={entry.image}"
+    if entry.replicated:
+        replicas = ", ".join(
+            f"#{slot.index} 127.0.0.1:{slot.host_port} gpus={_shown(slot.gpus)}" for slot in slots
+        )
+        return f"{head}, {len(slots)} replicas: {replicas}"
     return (
-        f"{head}: managed, {temperature}, image={entry.image}, "
-        f"host port {entry.host_port}→{entry.container_port}, gpus={_gpus(entry)}"
+        f"{head}, host port {entry.host_port}→{entry.container_port}, "
+        f"gpus={_shown(entry.gpu_request())}"
     )
 
 
-def _gpus(entry: ModelEntry) -> str:
-    request = entry.gpu_request()
+def _shown(request: GpuRequest | None) -> str:
     if request is None:
         return "none"
     shown = request.shown
     return "[" + ",".join(shown) + "]" if isinstance(shown, list) else str(shown)
 
 
-def _summary(entries: list[ModelEntry]) -> str:
+def _summary(models: ModelsFile) -> str:
+    entries = models.entries
     managed = sum(entry.managed for entry in entries)
     warm = sum(entry.warm for entry in entries)
     noun = "entry" if len(entries) == 1 else "entries"
-    return (
+    text = (
         f"{len(entries)} {noun}: {managed} managed, {len(entries) - managed} external; {warm} warm"
     )
+    if any(entry.replicated for entry in entries):
+        containers = sum(len(models.replicas.get(e.worker_id, ())) for e in entries if e.managed)
+        text += f"; {containers} containers"
+    return text

@@ -1,9 +1,11 @@
 """One worker's runner: feeds events to the pure state machine and performs its actions.
 
-Probes run as their own tasks so that a slow /health never delays a Docker `die` event;
-container actions (discard, pull, run, stop) run one after another on a second task so a
-replacement is always removed before its successor starts. Every state change is published
-to the capability registry before the next event is read.
+A worker is one replica of an aiModels.json entry: one container (or, for an external entry,
+one upstream URL) with its own supervision. Probes run as their own tasks so that a slow
+/health never delays a Docker `die` event; container actions (discard, pull, run, stop) run one
+after another on a second task so a replacement is always removed before its successor starts.
+Every change is reported to the owning entry (`on_change`) before the next event is read, so
+the entry's advertised capability follows in the same loop iteration.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 import structlog
 
 from byoc_orch.aimodels import ModelEntry
-from byoc_orch.capabilities import Capability, CapabilityRegistry
 from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import Engine, EngineError
+from byoc_orch.gpu import GpuInfo
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
 from byoc_orch.prober import HealthProber
@@ -55,25 +57,31 @@ class Worker:
         *,
         spec: ContainerSpec | None,
         engine: Engine,
-        registry: CapabilityRegistry,
         policy: Policy,
         proxy_url: str,
         probe_timeout: float,
         stop_timeout: float,
+        worker_id: str | None = None,
+        replica: int = 0,
+        on_change: Callable[[Worker], None] | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.entry = entry
         self.spec = spec
-        self.worker_id = entry.worker_id
+        self.worker_id = worker_id or entry.worker_id
+        self.replica = replica
         self.policy = policy
         self.proxy_url = proxy_url
         self.image_digest: str | None = None
         self.in_use = 0
+        self.draining = False
+        self.gpus: list[GpuInfo] | None = None
+        """The host GPUs its container is given, when known (listed devices, or all)."""
         self.metrics = metrics or Metrics()
         self._launched_at: float | None = None
         self._engine = engine
-        self._registry = registry
+        self._on_change = on_change
         self._probe_timeout = probe_timeout
         self._stop_timeout = stop_timeout
         self._clock = clock
@@ -87,6 +95,24 @@ class Worker:
         self._log = log.bind(
             worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """The metrics labels of this replica: pipeline, model_id, replica index."""
+        return (self.entry.pipeline, self.entry.model_id, str(self.replica))
+
+    @property
+    def gpu_devices(self) -> list[dict[str, Any]] | None:
+        return None if self.gpus is None else [g.described() for g in self.gpus]
+
+    @property
+    def entry_id(self) -> str:
+        return self.entry.worker_id
+
+    @property
+    def routable(self) -> bool:
+        """Warm and not draining: it may take new sessions and requests."""
+        return self.status.state is State.WARM and not self.draining
 
     @property
     def upstream_url(self) -> str:
@@ -107,16 +133,21 @@ class Worker:
         self._log = log.bind(
             worker_id=self.worker_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
-        self.metrics.worker_capacity.labels(entry.pipeline, entry.model_id).set(entry.capacity)
+        self.metrics.worker_capacity.labels(*self.labels).set(entry.capacity)
         self._publish()
 
     def set_in_use(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""
         if sessions != self.in_use:
             self.in_use = sessions
-            self.metrics.sessions_active.labels(self.entry.pipeline, self.entry.model_id).set(
-                sessions
-            )
+            self.metrics.sessions_active.labels(*self.labels).set(sessions)
+            self._publish()
+
+    def set_draining(self, draining: bool) -> None:
+        """Draining: keep its sessions, take no new ones, and leave the advertised set."""
+        if draining != self.draining:
+            self.draining = draining
+            self._log.info("worker draining" if draining else "worker taking sessions again")
             self._publish()
 
     def start(self) -> None:
@@ -145,17 +176,21 @@ class Worker:
                 await task
 
     async def wait_for(self, predicate: Callable[[Status], bool], timeout: float) -> Status:
-        """Wait until the status satisfies `predicate` (used by reload and tests); woken by
-        each status change, not by polling."""
+        """Wait until the status satisfies `predicate` (used by reload and tests)."""
+        await self.wait_until(lambda: predicate(self.status), timeout)
+        return self.status
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Wait until `condition` holds; woken by each change the worker reports (state,
+        sessions, draining), not by polling. TimeoutError names the state it was left in."""
         try:
             async with asyncio.timeout(timeout):
-                while not predicate(self.status):
+                while not condition():
                     changed = asyncio.get_running_loop().create_future()
                     self._status_waiters.append(changed)
                     await changed
         except TimeoutError:
             raise TimeoutError(f"{self.worker_id} still {self.status.state}") from None
-        return self.status
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -175,10 +210,6 @@ class Worker:
     def _apply(self, event: Event) -> None:
         before = self.status
         self.status, actions = decide(before, event, self._clock(), self.policy)
-        waiters, self._status_waiters = self._status_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
         if self.status.container_id and self.status.container_id != before.container_id:
             self._log = self._log.bind(container_id=self.status.container_id[:12])
         if self.status.state is not before.state:
@@ -199,26 +230,16 @@ class Worker:
                 self._actions.put_nowait(action)
 
     def _publish(self) -> None:
-        if self.status.state is State.WARM:
-            entry = self.entry
-            self._registry.set_warm(
-                Capability(
-                    worker_id=self.worker_id,
-                    pipeline=entry.pipeline,
-                    model_id=entry.model_id,
-                    url=self.proxy_url,
-                    capacity=entry.capacity,
-                    offer=entry.offer,
-                    warm_since=self.status.warm_since or self.status.since,
-                    in_use=self.in_use,
-                )
-            )
-        else:
-            self._registry.withdraw(self.worker_id)
+        if self._on_change is not None:
+            self._on_change(self)
+        waiters, self._status_waiters = self._status_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _observe(self, before: Status) -> None:
         """Metrics of a state change: the state series, restarts, time to warm."""
-        labels = (self.entry.pipeline, self.entry.model_id)
+        labels = self.labels
         now, state = self._clock(), self.status.state
         self.metrics.set_state(*labels, str(state))
         if self.status.restarts > before.restarts:
@@ -247,7 +268,7 @@ class Worker:
             result = ProbeResult(
                 Verdict.FAILED, f"probe error: {type(exc).__name__}", failure=ProbeFailure.OTHER
             )
-        labels = (self.entry.pipeline, self.entry.model_id)
+        labels = self.labels
         self.metrics.probe_duration.labels(*labels).observe(result.latency)
         if result.failure is not None:
             self.metrics.probe_failures.labels(*labels, str(result.failure)).inc()
@@ -309,14 +330,17 @@ class Worker:
         """What /workers shows for this worker."""
         status, entry, spec = self.status, self.entry, self.spec
         probe_result = status.last_probe
-        gpus = entry.gpu_request() if entry.managed else None
+        gpus = spec.gpus if spec is not None else None
         return {
             "worker_id": self.worker_id,
+            "entry_id": self.entry_id,
+            "replica": self.replica,
             "pipeline": entry.pipeline,
             "model_id": entry.model_id,
             "capability": entry.capability,
             "kind": "managed" if entry.managed else "external",
             "state": str(status.state),
+            "draining": self.draining,
             "since": _iso(status.since),
             "reason": status.reason or None,
             "last_failure": status.last_failure or None,
@@ -329,9 +353,10 @@ class Worker:
             "image_digest": self.image_digest,
             "host_port": spec.host_port if spec else None,
             "gpus": None if gpus is None else gpus.shown,
+            "gpu_devices": self.gpu_devices,
             "capacity": entry.capacity,
             "in_use": self.in_use,
-            "free": max(entry.capacity - self.in_use, 0) if status.state is State.WARM else 0,
+            "free": max(entry.capacity - self.in_use, 0) if self.routable else 0,
             "restarts": status.restarts,
             "crash_streak": status.crash_streak,
             "next_restart_at": _iso(status.next_attempt_at)

@@ -23,6 +23,7 @@ from byoc_orch.aimodels import (
     worker_id,
 )
 from byoc_orch.image_ref import parse_image_ref
+from byoc_orch.placement import ReplicaSlot
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "aiModels.example.json"
@@ -784,3 +785,182 @@ def test_load_models_reads_the_file(tmp_path: Path) -> None:
     models = load_models(path, reserved_ports={9935: "api"})
     assert [entry.model_id for entry in models.entries] == ["comfyui", "remote"]
     assert models.source == str(path)
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def test_replicas_default_to_one_container_as_before() -> None:
+    (entry,) = parse(managed()).entries
+    assert (entry.replicas, entry.replicas_per_gpu) == (1, 1)
+    assert not entry.replicated
+    assert entry.gpus_per_replica == "all"
+    assert entry.gpu_request() == GpuRequest(count=-1)
+
+
+@pytest.mark.parametrize("replicas", [2, "per-gpu"])
+def test_replicated_entries_get_one_gpu_each_by_default(replicas: object) -> None:
+    entry = ModelEntry.model_validate(managed(replicas=replicas))
+    assert entry.replicated
+    assert entry.gpus == entry.gpus_per_replica == 1
+    assert entry.gpu_request() == GpuRequest(count=1)
+
+
+def test_replicas_one_is_not_replicated_and_keeps_all() -> None:
+    (entry,) = parse(managed(replicas=1)).entries
+    assert not entry.replicated
+    assert entry.gpus_per_replica == "all"
+
+
+@pytest.mark.parametrize("gpus", ["all", "none", 2])
+def test_an_explicit_gpus_value_is_what_each_replica_gets(gpus: object) -> None:
+    entry = ModelEntry.model_validate(managed(replicas=2, gpus=gpus))
+    assert entry.gpus_per_replica == gpus
+
+
+def test_a_default_and_an_explicit_gpu_per_replica_are_the_same_entry() -> None:
+    implicit = ModelEntry.model_validate(managed(replicas=2))
+    explicit = ModelEntry.model_validate(managed(replicas=2, gpus=1))
+    assert implicit == explicit
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [
+        (0, "replicas: must be from 1 to 64, got 0 — use 1 for a single container"),
+        (-2, "replicas: must be from 1 to 64, got -2 — use 1 for a single container"),
+        (
+            65,
+            'replicas: must be from 1 to 64, got 65 — use a count from 1 to 64, or "per-gpu" '
+            "for one replica per GPU",
+        ),
+        ("3", 'replicas: unknown replicas value string "3" — write the count without quotes: 3'),
+        ("per_gpu", 'unknown replicas value string "per_gpu" — write it exactly "per-gpu"'),
+        ("PerGPU", 'unknown replicas value string "PerGPU" — write it exactly "per-gpu"'),
+        (True, "unknown replicas value boolean true — use a count"),
+        (1.5, "unknown replicas value number 1.5 — use a count"),
+        (None, "unknown replicas value null — use a count"),
+    ],
+)
+def test_bad_replicas_values(replicas: object, expected: str) -> None:
+    line = only_problem(managed(replicas=replicas))
+    assert line.startswith("entry 0 (comfyui): replicas: ")
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "replicas_per_gpu: must be at least 1, got number 0 — use 1 or more"),
+        (17, "replicas_per_gpu: must be at most 16, got number 17 — use 16 or less"),
+        ("2", 'replicas_per_gpu: expected an integer, got string "2" — remove the quotes'),
+    ],
+)
+def test_bad_replicas_per_gpu_values(value: object, expected: str) -> None:
+    line = only_problem(managed(replicas=2, replicas_per_gpu=value))
+    assert line.startswith("entry 0 (comfyui): ")
+    assert expected in line
+
+
+def test_a_device_list_cannot_be_replicated() -> None:
+    line = only_problem(managed(replicas=3, gpus=[0, 1]))
+    assert line == (
+        "entry 0 (comfyui): gpus: a device list names one container's GPUs, but replicas is 3 "
+        "— with replicas use a count per replica (e.g. 1), or drop replicas"
+    )
+
+
+def test_a_device_list_with_replicas_one_is_today_s_container() -> None:
+    (entry,) = parse(managed(replicas=1, gpus=[1])).entries
+    assert entry.gpu_request() == GpuRequest(count=None, device_ids=("1",))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "meaning"),
+    [("all", "gives every replica every GPU"), ("none", "gives replicas no GPU")],
+)
+def test_per_gpu_needs_a_gpu_count(gpus: str, meaning: str) -> None:
+    line = only_problem(managed(replicas="per-gpu", gpus=gpus))
+    assert line.startswith(
+        f'entry 0 (comfyui): replicas: "per-gpu" places one replica per GPU, but gpus "{gpus}" '
+        f"{meaning} — "
+    )
+    assert '"gpus": 1' in line
+
+
+def test_replicas_cannot_share_the_host_network() -> None:
+    line = only_problem(
+        managed(replicas=2, network_mode="host", allow_host_access=True, container_port=8001)
+    )
+    assert line == (
+        "entry 0 (comfyui): replicas: with network_mode host every replica would listen on the "
+        "host's own port 8001; they cannot share it — drop replicas, or use network_mode "
+        '"bridge"'
+    )
+
+
+def test_replica_ports_must_stay_below_65536() -> None:
+    assert parse(managed(port=65533, replicas=3, gpus="none")).entries
+    line = only_problem(managed(port=65534, replicas=3, gpus="none"))
+    assert line == (
+        "entry 0 (comfyui): replicas: replica ports url port + 0…2 run to 65536, past 65535 — "
+        "lower the url port to 65533 or less, or lower replicas"
+    )
+
+
+def test_a_bad_url_hides_the_replica_port_check() -> None:
+    found = problems(managed(replicas=3, gpus="none", url="http://10.0.0.1:65534"))
+    assert [line.split(": ")[1] for line in found] == ["url"]
+
+
+def test_replica_fields_on_an_external_entry_warn() -> None:
+    found = warnings_of(external(replicas=3, replicas_per_gpu=2))
+    assert found == [
+        f"entry 0 (remote): {field}: ignored: this entry has no container, so byoc-orch runs "
+        'nothing for it — remove it, or add "container" for byoc-orch to run the worker'
+        for field in ("replicas", "replicas_per_gpu")
+    ]
+
+
+def test_an_external_entry_with_replicas_is_not_checked_as_replicated() -> None:
+    (entry,) = parse(external(replicas="per-gpu", gpus="none")).entries
+    assert entry.gpus == "none"
+
+
+def test_replicas_per_gpu_without_replicas_warns() -> None:
+    assert warnings_of(managed(replicas_per_gpu=2)) == [
+        "entry 0 (comfyui): replicas_per_gpu: has no effect: replicas is 1, so there is one "
+        'container — set "replicas" (a count or "per-gpu"), or remove replicas_per_gpu'
+    ]
+
+
+def test_replicas_per_gpu_without_placed_gpus_warns() -> None:
+    assert warnings_of(managed(replicas=2, gpus="all", replicas_per_gpu=2)) == [
+        'entry 0 (comfyui): replicas_per_gpu: has no effect with gpus "all": no GPU is placed, '
+        "so none is shared — give each replica a GPU count, or remove replicas_per_gpu"
+    ]
+
+
+def test_every_managed_entry_gets_a_slot_even_without_a_gpu_pool() -> None:
+    models = parse(
+        managed("a", 8001),
+        managed("b", 8002, gpus=[1]),
+        managed("c", 8003, gpus=2),
+        managed("d", 8004, gpus="none"),
+        external(),
+    )
+    slots = {entry.model_id: models.replicas.get(entry.worker_id) for entry in models.entries}
+    assert slots == {
+        "a": (ReplicaSlot(0, 8001, GpuRequest(count=-1)),),
+        "b": (ReplicaSlot(0, 8002, GpuRequest(count=None, device_ids=("1",))),),
+        "c": (ReplicaSlot(0, 8003, GpuRequest(count=2)),),
+        "d": (ReplicaSlot(0, 8004, None),),
+        "remote": None,
+    }
+
+
+def test_placement_problems_come_after_the_file_is_otherwise_valid() -> None:
+    with pytest.raises(ModelsFileError) as caught:
+        parse(managed("a", 8001, replicas=2), managed("b", 8002, contianer_port=1))
+    assert [(p.entry_index, p.field) for p in caught.value.problems] == [(0, "replicas")]
+    assert [p.field for p in caught.value.warnings] == ["contianer_port"]

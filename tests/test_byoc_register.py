@@ -59,7 +59,7 @@ def settings_for(orch_url: str, secret: str = SECRET, **overrides: Any) -> Adver
 
 def capability(worker_id: str = "w1", model_id: str = "m1", **fields: Any) -> Capability:
     values: dict[str, Any] = {
-        "worker_id": worker_id,
+        "entry_id": worker_id,
         "pipeline": "live-video-to-video",
         "model_id": model_id,
         "url": f"{PUBLIC}/proxy/{worker_id}",
@@ -232,9 +232,11 @@ async def test_withdrawn_is_unregistered_within_the_second_and_comes_back(
     assert len(registers(fake)) == 2
 
 
-async def test_capacity_is_total_and_only_real_changes_reregister(
+async def test_capacity_follows_warm_capacity_net_of_sessions_in_use(
     fake: FakeLivepeer, start: Start
 ) -> None:
+    """Sessions starting and ending never re-register; a change of warm capacity does, and
+    registers what is free at that moment, since go-livepeer's Load restarts from 0."""
     registry = CapabilityRegistry()
     await start(settings_for(fake.url), registry)
     cap = capability(capacity=2)
@@ -247,7 +249,7 @@ async def test_capacity_is_total_and_only_real_changes_reregister(
     assert fake.capabilities["m1"]["capacity"] == 2
     registry.set_warm(replace(cap, capacity=4, in_use=2))
     await eventually(lambda: len(registers(fake)) == 2, what="re-registered with capacity 4")
-    assert fake.capabilities["m1"]["capacity"] == 4
+    assert fake.capabilities["m1"]["capacity"] == 2  # 4 warm, 2 in use: 2 free, Load 0
 
 
 async def test_shared_model_id_registers_the_first_and_hands_over(
@@ -430,7 +432,7 @@ async def test_a_hanging_go_livepeer_never_blocks_the_registry(start: Start) -> 
         registry = CapabilityRegistry()
         seen: list[str] = []
         await start(settings_for(f"http://127.0.0.1:{port}"), registry)
-        registry.subscribe(lambda change: seen.extend(c.worker_id for c in change.added))
+        registry.subscribe(lambda change: seen.extend(c.entry_id for c in change.added))
         began = time.monotonic()
         for n in range(50):
             registry.set_warm(capability(f"w{n}", f"m{n}"))

@@ -12,7 +12,7 @@ from tests.conftest import with_offer
 
 def cap(worker_id: str = "w1", model_id: str = "m1", **changes: Any) -> Capability:
     base = Capability(
-        worker_id=worker_id,
+        entry_id=worker_id,
         pipeline="live-video-to-video",
         model_id=model_id,
         url=f"http://127.0.0.1:9000/w/{worker_id}",

@@ -282,3 +282,89 @@ def test_export_aimodels_without_a_daemon(capsys: pytest.CaptureFixture[str]) ->
         captured.err
     )
     assert "Traceback" not in captured.err
+
+
+# --------------------------------------------------------------------------- the GPU pool
+
+
+def replicated_file(tmp_path: Path, **fields: object) -> Path:
+    entry = {
+        "pipeline": "live-video-to-video",
+        "model_id": "x",
+        "container": "livepeer/comfystream:latest",
+        "url": "http://127.0.0.1:8001",
+        "replicas": 2,
+        **fields,
+    }
+    return write(tmp_path / "aiModels.json", json.dumps([entry]))
+
+
+@pytest.fixture
+def no_nvml(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """A host without an NVIDIA driver, whatever this machine has; records each NVML read."""
+    from byoc_orch import gpu
+
+    asked: list[bool] = []
+
+    def unavailable() -> list[gpu.GpuInfo]:
+        asked.append(True)
+        raise gpu.GpuUnavailableError("NVML unavailable: NVML Shared Library Not Found")
+
+    monkeypatch.setattr(gpu, "read_inventory", unavailable)
+    return asked
+
+
+def test_validate_places_replicas_on_byoc_orch_gpus(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_nvml: list[bool],
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_GPUS", "2,3")
+    assert main(["validate", str(replicated_file(tmp_path))]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "2 replicas: #0 127.0.0.1:8001 gpus=[2], #1 127.0.0.1:8002 gpus=[3]" in out
+    assert no_nvml == [True]
+
+
+def test_run_refuses_replicas_with_no_gpu_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_nvml: list[bool]
+) -> None:
+    models = replicated_file(tmp_path)
+    assert main(["run", "--models", str(models), "--docker-host", NO_ENGINE]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "entry 0 (x): replicas: no GPU pool to place replicas on" in err
+    assert f"{models} is invalid; nothing was started" in err
+    assert NO_ENGINE not in err
+
+
+def test_gpu_metrics_off_keeps_nvml_out_of_placement(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_nvml: list[bool],
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_GPU_METRICS", "false")
+    monkeypatch.setenv("BYOC_ORCH_GPUS", "0,1")
+    models = replicated_file(tmp_path)
+    assert main(["validate", str(models)]) == EXIT_OK
+    assert main(["export", "live-runners", "--models", str(models)]) == EXIT_OK
+    capsys.readouterr()
+    assert no_nvml == []
+
+
+def test_export_refuses_a_pool_setting_of_unknown_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from byoc_orch import gpu
+
+    monkeypatch.setattr(
+        gpu, "read_inventory", lambda: [gpu.GpuInfo(0, "GPU-0", "NVIDIA L4", 24 << 30)]
+    )
+    monkeypatch.setenv("BYOC_ORCH_GPUS", "0,5")
+    models = replicated_file(tmp_path)
+    assert main(["export", "live-runners", "--models", str(models)]) == EXIT_INVALID
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "error: BYOC_ORCH_GPUS: GPU 5 is not on this host (NVML lists 0)" in captured.err
+    assert "BYOC_ORCH_GPUS does not match this host; nothing exported" in captured.err

@@ -9,10 +9,12 @@ import pytest
 
 from byoc_orch.aimodels import GpuRequest, ModelEntry, parse_models
 from byoc_orch.container_spec import (
+    LABEL_ENTRY,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_MODEL_ID,
     LABEL_PIPELINE,
+    LABEL_REPLICA,
     LABEL_SPEC_HASH,
     LABEL_WORKER,
     MANAGED_BY,
@@ -62,6 +64,8 @@ def test_labels_carry_ownership_identity_and_hash() -> None:
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_INSTANCE: "gpu-box",
         LABEL_WORKER: e.worker_id,
+        LABEL_ENTRY: e.worker_id,
+        LABEL_REPLICA: "0",
         LABEL_PIPELINE: "live-video-to-video",
         LABEL_MODEL_ID: "comfyui",
         LABEL_SPEC_HASH: spec.spec_hash,

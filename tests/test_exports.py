@@ -16,7 +16,11 @@ import pytest
 from fastapi import FastAPI
 
 from byoc_orch import exports
-from byoc_orch.advertisers.live_runner import PIXELS_PER_720P_HOUR, live_runner_router
+from byoc_orch.advertisers.live_runner import (
+    PIXELS_PER_720P_HOUR,
+    WorkerStatus,
+    live_runner_router,
+)
 from byoc_orch.aimodels import load_models, parse_models
 from byoc_orch.capabilities import Capability
 from byoc_orch.offer import Offer
@@ -141,7 +145,7 @@ def test_live_runners_fall_back_to_host_and_port_and_warn() -> None:
 async def test_the_exported_health_urls_are_served_by_the_router() -> None:
     models = load_models(EXAMPLE)
     entries = exports.live_runners(models, Settings(public_url=PUBLIC))["runners"]
-    states = {models.entries[0].worker_id: (State.WARM, None)}
+    states = {models.entries[0].worker_id: WorkerStatus(State.WARM, None)}
     app = FastAPI()
     app.include_router(live_runner_router(states.get))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:

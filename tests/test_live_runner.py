@@ -30,7 +30,7 @@ from tests.test_byoc_register import PUBLIC, SECRET, TOKEN, capability, settings
 
 @pytest.fixture
 def states() -> dict[str, WorkerStatus]:
-    return {"w1": (State.STARTING, None)}
+    return {"w1": WorkerStatus(State.STARTING, None)}
 
 
 @pytest.fixture
@@ -53,13 +53,13 @@ async def test_readiness_flips_with_the_worker_state(
         "state": "starting",
         "reason": None,
     }
-    states["w1"] = (State.WARM, None)
+    states["w1"] = WorkerStatus(State.WARM, None)
     warm = await client.get("/live-runner/w1/health")
     assert warm.status_code == 200
     assert warm.json() == {"status": "OK", "worker_id": "w1", "state": "warm"}
     assert warm.headers["cache-control"] == "no-store"
     assert (await client.head("/live-runner/w1/health")).status_code == 200
-    states["w1"] = (State.BACKOFF, "container died (exit 137)")
+    states["w1"] = WorkerStatus(State.BACKOFF, "container died (exit 137)")
     crashed = await client.get("/live-runner/w1/health")
     assert crashed.status_code == 503
     assert crashed.json()["reason"] == "container died (exit 137)"

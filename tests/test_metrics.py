@@ -59,13 +59,14 @@ def test_names_follow_prometheus_conventions() -> None:
                 "gpu",
                 "uuid",
                 "name",
+                "replica",
             }, sample
 
 
 def test_removed_workers_leave_no_series() -> None:
     metrics = Metrics()
     metrics.add_worker("p", "m", 2)
-    metrics.set_state("p", "m", "warm")
+    metrics.set_state("p", "m", "0", "warm")
     metrics.remove_worker("p", "m")
     assert 'model_id="m"' not in metrics.render().decode()
 
@@ -76,6 +77,7 @@ async def test_counters_move_in_a_real_scenario(
 ) -> None:
     entry = worker_entry(harness, "metered")
     labels = {"pipeline": entry["pipeline"], "model_id": "metered"}
+    replica = {**labels, "replica": "0"}
     async with running(harness, instance, [entry]) as daemon:
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(daemon)), base_url="http://byoc"
@@ -83,7 +85,7 @@ async def test_counters_move_in_a_real_scenario(
         async with client:
             first = await scrape(client)
             # Known workers read 0 before anything happened, not absent.
-            assert value(first, "byoc_orch_container_restarts_total", **labels) == 0
+            assert value(first, "byoc_orch_container_restarts_total", **replica) == 0
             assert value(first, "byoc_orch_sessions_started_total", **labels) == 0
             assert (
                 value(
@@ -97,21 +99,23 @@ async def test_counters_move_in_a_real_scenario(
             worker = only(daemon)
             await eventually(lambda: daemon.registry.is_warm(worker.worker_id), what="warm")
             warm = await scrape(client)
-            assert value(warm, "byoc_orch_worker_state", state="warm", **labels) == 1
+            assert value(warm, "byoc_orch_worker_state", state="warm", **replica) == 1
             assert (
-                sum(value(warm, "byoc_orch_worker_state", state=s, **labels) for s in WORKER_STATES)
+                sum(
+                    value(warm, "byoc_orch_worker_state", state=s, **replica) for s in WORKER_STATES
+                )
                 == 1
             )
             assert value(warm, "byoc_orch_capabilities_warm") == 1
-            assert value(warm, "byoc_orch_time_to_warm_seconds_count", **labels) == 1
-            assert value(warm, "byoc_orch_health_probe_duration_seconds_count", **labels) >= 1
+            assert value(warm, "byoc_orch_time_to_warm_seconds_count", **replica) == 1
+            assert value(warm, "byoc_orch_health_probe_duration_seconds_count", **replica) >= 1
             assert value(warm, "byoc_orch_image_pulls_total", result="present") == 1
 
             base = f"/proxy/{worker.worker_id}/stream"
             body = {"subscribe_url": "a", "publish_url": "b", "gateway_request_id": "m-1"}
             assert (await client.post(f"{base}/start", json=body)).status_code == 200
             active = await scrape(client)
-            assert value(active, "byoc_orch_sessions_active", **labels) == 1
+            assert value(active, "byoc_orch_sessions_active", **replica) == 1
             assert value(active, "byoc_orch_sessions_started_total", **labels) == 1
             assert (
                 value(
@@ -133,10 +137,10 @@ async def test_counters_move_in_a_real_scenario(
                 what="relaunched and warm again",
             )
             after = await scrape(client)
-            assert value(after, "byoc_orch_container_restarts_total", **labels) == 1
+            assert value(after, "byoc_orch_container_restarts_total", **replica) == 1
             assert value(after, "byoc_orch_sessions_ended_total", reason="crashed", **labels) == 1
-            assert value(after, "byoc_orch_sessions_active", **labels) == 0
-            assert value(after, "byoc_orch_time_to_warm_seconds_count", **labels) == 2
+            assert value(after, "byoc_orch_sessions_active", **replica) == 0
+            assert value(after, "byoc_orch_time_to_warm_seconds_count", **replica) == 2
 
 
 def first_version(samples: dict) -> str:

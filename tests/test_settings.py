@@ -260,3 +260,45 @@ def test_secret_settings_are_never_echoed_in_errors(monkeypatch: pytest.MonkeyPa
     assert "BYOC_ORCH_ORCH_SECRET" in message
     assert "BYOC_ORCH_API_TOKEN" in message
     assert "hunter" not in message
+
+
+def test_gpu_pool_is_unset_by_default() -> None:
+    settings = load_settings()
+    assert settings.gpus is None
+    assert settings.gpu_pool_setting is None
+
+
+def test_gpu_pool_from_the_environment_keeps_the_operators_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_GPUS", " 2, 0 ,GPU-6f2a-uuid,01")
+    settings = load_settings()
+    assert settings.gpu_pool_setting == ("2", "0", "GPU-6f2a-uuid", "1")
+
+
+def test_empty_gpu_pool_in_an_env_file_means_unset(tmp_path: Path) -> None:
+    env_file = write_env_file(tmp_path / "byoc.env", BYOC_ORCH_GPUS="")
+    assert load_settings(env_file=env_file).gpu_pool_setting is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("0,,1", "has an empty member"),
+        ("0,", "has an empty member"),
+        ("0 1", "separate GPUs with commas"),
+        ("0,1,0", "lists GPU 0 twice"),
+        ("1,01", "lists GPU 1 twice"),
+        ("GPU-ab,gpu-AB", "lists GPU GPU-ab twice"),
+    ],
+)
+def test_bad_gpu_pools_name_the_variable_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_GPUS", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("BYOC_ORCH_GPUS: ")
+    assert reason in message
+    assert repr(value) in message

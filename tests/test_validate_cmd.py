@@ -235,3 +235,126 @@ def test_the_real_nvml_reader_is_the_default(tmp_path: Path) -> None:
     assert len(lines) in (2, 3)
     if len(lines) == 3:
         assert lines[1].startswith("note: gpus: device ids and counts were not checked")
+
+
+# --------------------------------------------------------------------------- replicas
+
+FOUR_GPUS = [GpuInfo(n, f"GPU-{n}", "NVIDIA L4", 24 << 30) for n in range(4)]
+
+
+def replicated(model_id: str, port: int, **fields: object) -> dict[str, object]:
+    return {
+        "pipeline": "live-video-to-video",
+        "model_id": model_id,
+        "container": "livepeer/comfystream:latest",
+        "url": f"http://127.0.0.1:{port}",
+        "warm": True,
+        **fields,
+    }
+
+
+def test_replicas_are_listed_with_their_ports_and_gpus(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            replicated("x", 8001, replicas=3),
+            replicated("y", 8010, gpus=[3]),
+            replicated("z", 8020, replicas=2, gpus="none", warm=False),
+        ],
+    )
+    code, out, err = run(path, gpu_inventory=lambda: FOUR_GPUS)
+    assert code == 0, err
+    image = "docker.io/livepeer/comfystream:latest"
+    assert out == [
+        f"entry 0 live-video-to-video/x: managed, warm, image={image}, 3 replicas: "
+        "#0 127.0.0.1:8001 gpus=[0], #1 127.0.0.1:8002 gpus=[1], #2 127.0.0.1:8003 gpus=[2]",
+        f"entry 1 live-video-to-video/y: managed, warm, image={image}, host port 8010→8000, "
+        "gpus=[3]",
+        f"entry 2 live-video-to-video/z: managed, cold, image={image}, 2 replicas: "
+        "#0 127.0.0.1:8020 gpus=none, #1 127.0.0.1:8021 gpus=none",
+        "3 entries: 3 managed, 0 external; 2 warm; 6 containers",
+    ]
+
+
+def test_the_configured_pool_places_replicas_without_nvml(tmp_path: Path) -> None:
+    path = write(tmp_path, [replicated("x", 8001, replicas="per-gpu")])
+    code, out, _ = run(path, gpu_inventory=no_nvml, gpu_pool_setting=("2", "3"))
+    assert code == 0
+    assert out[0].endswith("2 replicas: #0 127.0.0.1:8001 gpus=[2], #1 127.0.0.1:8002 gpus=[3]")
+
+
+def test_replicas_with_no_gpu_pool_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, [replicated("x", 8001, replicas=2)])
+    code, out, err = run(path, gpu_inventory=no_nvml)
+    assert code == 1
+    assert out == []
+    assert err == [
+        "error: entry 0 (x): replicas: no GPU pool to place replicas on: NVML lists no GPUs here "
+        "and BYOC_ORCH_GPUS is not set — run on the GPU host, set BYOC_ORCH_GPUS=0,1,…, or use "
+        '"gpus": "none"',
+        "aiModels.json is invalid: 1 problem; byoc-orch will start nothing from it",
+    ]
+
+
+def test_more_gpus_than_the_pool_has_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, [replicated("x", 8001, gpus=[0]), replicated("y", 8010, replicas=4)])
+    code, _, err = run(path, gpu_inventory=lambda: FOUR_GPUS)
+    assert code == 1
+    assert err[0] == (
+        "error: entry 1 (y): replicas: 4 replicas with 1 GPU each need 4 GPUs, but the pool has "
+        "3 free of 4 (entry 0 (x) holds 1) — lower replicas, or raise replicas_per_gpu "
+        "(replicas sharing a GPU)"
+    )
+
+
+def test_a_gpu_claimed_by_two_entries_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            replicated("x", 8001, gpus=[1]),
+            replicated("y", 8002, gpus=["GPU-1"]),
+            replicated("z", 8010, replicas=2),
+        ],
+    )
+    code, _, err = run(path, gpu_inventory=lambda: FOUR_GPUS)
+    assert code == 1
+    assert err[0].startswith(
+        "error: entry 1 (y): gpus: GPU GPU-1 is also listed by entry 0 (x) as 1; with replicas "
+    )
+
+
+def test_replica_ports_colliding_with_the_api_port_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, [replicated("x", 9933, replicas=3, gpus="none")])
+    code, _, err = run(path, reserved_ports={9935: "byoc-orch's own HTTP API (BYOC_ORCH_PORT)"})
+    assert code == 1
+    assert err[0] == (
+        "error: entry 0 (x): url: replica #2 would listen on host port 9935, taken by byoc-orch's "
+        "own HTTP API (BYOC_ORCH_PORT) — move this entry's url port so its replicas' ports "
+        "url+0…url+2 are free, e.g. http://127.0.0.1:9936"
+    )
+
+
+def test_a_pool_setting_naming_missing_gpus_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, [replicated("x", 8001)])
+    code, out, err = run(path, gpu_inventory=lambda: FOUR_GPUS, gpu_pool_setting=("0", "9"))
+    assert code == 1
+    assert out == []
+    assert err == [
+        "error: BYOC_ORCH_GPUS: GPU 9 is not on this host (NVML lists 0, 1, 2, 3) — list GPU "
+        "indexes or UUIDs that `nvidia-smi -L` shows",
+        "BYOC_ORCH_GPUS does not match this host; nothing would start",
+    ]
+
+
+def test_nvml_is_read_once_for_a_file_with_replicas(tmp_path: Path) -> None:
+    asked: list[bool] = []
+
+    def inventory() -> list[GpuInfo]:
+        asked.append(True)
+        return FOUR_GPUS
+
+    path = write(tmp_path, [replicated("x", 8001, replicas=2), replicated("y", 8010, gpus=[3])])
+    code, out, _ = run(path, gpu_inventory=inventory)
+    assert code == 0
+    assert asked == [True]
+    assert out[-1] == "2 entries: 2 managed, 0 external; 2 warm; 3 containers"

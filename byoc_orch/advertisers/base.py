@@ -314,9 +314,9 @@ def secret_value(settings: Settings) -> str:
     return settings.orch_secret.get_secret_value()
 
 
-def warm_by_worker(change: Change, into: dict[str, Capability]) -> None:
-    """Apply a registry change to a worker_id → Capability mirror, keeping first-seen order."""
+def warm_by_entry(change: Change, into: dict[str, Capability]) -> None:
+    """Apply a registry change to an entry_id → Capability mirror, keeping first-seen order."""
     for capability in change.withdrawn:
-        into.pop(capability.worker_id, None)
+        into.pop(capability.entry_id, None)
     for capability in change.added:
-        into[capability.worker_id] = capability
+        into[capability.entry_id] = capability

@@ -26,10 +26,17 @@ Decisions:
   an operator will tell gateway builders to ask for. aiModels.json only keeps `pipeline/model_id`
   unique, so when two warm workers share a `model_id` the first to become warm holds the name;
   the other is reported (log, describe) and takes over when the first is withdrawn.
-* **Capacity** — the entry's total `capacity`, not its free slots. Sessions reach workers through
-  go-livepeer, which already subtracts its own `Load`; advertising `capacity - in_use` would
-  subtract every session twice, and each re-registration would also zero `Load`. byoc-orch's
-  proxy still refuses a start beyond capacity (503), which go-livepeer passes on.
+* **Capacity** — follows the entry's warm replicas (warm, undrained replicas × per-replica
+  `capacity`), and is re-registered as soon as that changes (a replica died, came back, drained).
+  go-livepeer has no call that changes a capacity: registering again replaces the entry with one
+  whose `Load` is 0, even while sessions run, and `Load` has no floor, so after such a reset the
+  ends of those sessions would push `Load` below zero and gateways would be offered slots that do
+  not exist (a gateway ignores the status of a stream start, so a 503 there fails the stream
+  silently). So the capacity sent is the warm capacity **minus the sessions in use at that
+  moment**: right after the register `Capacity - Load` — the only number gateways use — equals
+  byoc-orch's real free slots, and it stays equal as go-livepeer counts starts (`Load++`) and
+  ends (`Load--`) from there. Changes of sessions in use alone never re-register. byoc-orch's proxy
+  still refuses a start beyond capacity (503).
 * **Price** — BYOC charges `price_per_unit / price_scaling` per second of compute in `currency`
   (wei when empty). The entry's `price_per_unit / pixels_per_unit` is sent as that ratio, reduced
   to int64 numerator and denominator.
@@ -69,7 +76,7 @@ from byoc_orch.advertisers.base import (
     Reply,
     Result,
     secret_value,
-    warm_by_worker,
+    warm_by_entry,
 )
 from byoc_orch.capabilities import Capability, Change
 
@@ -101,15 +108,18 @@ def byoc_price(
     return rate.numerator, rate.denominator
 
 
-def registration_body(capability: Capability, token: str) -> dict[str, Any]:
-    """The register JSON, with exactly the JSON types go-livepeer's struct accepts."""
+def registration_body(
+    capability: Capability, token: str, capacity: int | None = None
+) -> dict[str, Any]:
+    """The register JSON, with exactly the JSON types go-livepeer's struct accepts; `capacity`
+    (default: the capability's) is what is sent."""
     offer = capability.offer
     price, scaling = byoc_price(offer.price_per_unit, offer.pixels_per_unit)
     return {
         "name": capability_name(capability),
         "description": f"byoc-orch {capability.pipeline}/{capability.model_id}",
         "url": capability.url,
-        "capacity": int(capability.capacity),
+        "capacity": int(capability.capacity if capacity is None else capacity),
         "price_per_unit": price,
         "price_scaling": scaling,
         "currency": offer.currency or "wei",
@@ -162,14 +172,14 @@ class ByocRegisterAdvertiser(Advertiser):
             "next_retry_in": round(max(retry_in, 0.0), 3) if retry_in is not None else None,
             "rejected": {name: reason for name, (_, reason) in sorted(self._rejected.items())},
             "name_conflicts": {
-                worker_id: f"{capability_name(self._warm[worker_id])} is held by {owner}"
-                for worker_id, owner in sorted(self._conflicts.items())
-                if worker_id in self._warm
+                entry_id: f"{capability_name(self._warm[entry_id])} is held by {owner}"
+                for entry_id, owner in sorted(self._conflicts.items())
+                if entry_id in self._warm
             },
         }
 
     def _on_change(self, change: Change) -> None:
-        warm_by_worker(change, self._warm)
+        warm_by_entry(change, self._warm)
         self._wake.set()
 
     async def _withdraw_everything(self) -> None:
@@ -244,25 +254,26 @@ class ByocRegisterAdvertiser(Advertiser):
             self._after(await self._probe())
 
     def _desired(self) -> dict[str, tuple[Capability, bytes]]:
-        """name → (capability, encoded body); the first warm worker holding a name wins."""
+        """name → (capability, its registration at full capacity: what decides whether it must
+        be registered again); the first warm entry holding a name wins."""
         desired: dict[str, tuple[Capability, bytes]] = {}
         owners: dict[str, str] = {}
         conflicts: dict[str, str] = {}
-        for worker_id, capability in self._warm.items():
+        for entry_id, capability in self._warm.items():
             name = capability_name(capability)
             if name in owners:
-                conflicts[worker_id] = owners[name]
-                if self._conflicts.get(worker_id) != owners[name]:
+                conflicts[entry_id] = owners[name]
+                if self._conflicts.get(entry_id) != owners[name]:
                     self.log.error(
                         "two warm workers share a BYOC capability name; go-livepeer knows "
                         "capabilities by name only, so only the first is registered — give "
                         "one of the entries another model_id",
                         capability=name,
-                        registered_worker=owners[name],
-                        waiting_worker=worker_id,
+                        registered_entry=owners[name],
+                        waiting_entry=entry_id,
                     )
                 continue
-            owners[name] = worker_id
+            owners[name] = entry_id
             try:
                 body = json.dumps(registration_body(capability, self._token)).encode()
             except ValueError as exc:
@@ -300,19 +311,20 @@ class ByocRegisterAdvertiser(Advertiser):
         self.log.error(
             "go-livepeer cannot take this capability; not sending it again until it changes",
             capability=name,
-            worker_id=capability.worker_id,
+            entry_id=capability.entry_id,
             reason=reason,
         )
 
     # ------------------------------------------------------------------ calls
 
     async def _register(self, name: str, capability: Capability, body: bytes) -> Reply:
+        free = max(capability.capacity - capability.in_use, 0)
         reply = await self._call(
             "register",
             "POST",
             "/capability/register",
             authorization=self._secret,
-            content=body,
+            content=json.dumps(registration_body(capability, self._token, free)).encode(),
             subject=name,
             classify=classify,
         )
@@ -320,9 +332,11 @@ class ByocRegisterAdvertiser(Advertiser):
             self.log.info(
                 "registered with go-livepeer",
                 capability=name,
-                worker_id=capability.worker_id,
+                entry_id=capability.entry_id,
                 url=capability.url,
                 capacity=capability.capacity,
+                in_use=capability.in_use,
+                registered_capacity=free,
             )
         elif reply.error is not None and reply.error.startswith("RemoteProtocolError"):
             probe = await self._probe()

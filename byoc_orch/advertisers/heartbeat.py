@@ -1,4 +1,4 @@
-"""Live Runner dynamic registration: one runner per warm worker, kept alive by heartbeats.
+"""Live Runner dynamic registration: one runner per warm replica, kept alive by heartbeats.
 
 The protocol, as go-livepeer implements it (server/ai_http.go, ai/runner/live_runner.go; on the
 orchestrator's service port; needs `-useLiveRunners -orchSecret`):
@@ -18,8 +18,16 @@ orchestrator's service port; needs `-useLiveRunners -orchSecret`):
 So a go-livepeer restart heals itself: the next heartbeat gets 404 and the worker registers
 again. byoc-orch lets go-livepeer pick runner ids: after a byoc-orch crash, its old runners
 (which still reach the same workers) expire within the TTL instead of blocking a proposed id
-with 401s. Capacity is the entry's total, since go-livepeer counts the sessions it reserves.
-Neither secret is ever logged or shown.
+with 401s. Neither secret is ever logged or shown.
+
+Every warm replica of an entry is its own runner: the same `app` (the entry's
+`pipeline/model_id`), its own `label` and `runner_url` (`/proxy/<worker id>`, which reaches only
+that replica), its own `capacity` (go-livepeer counts the sessions it reserves per runner), its
+GPU when it has exactly one, and the ids of the sessions it runs. go-livepeer does not balance
+between runners itself; gateways pick among the runners its discovery lists, so one entry's
+replicas — and the replicas of the same entry on several byoc-orch hosts heartbeating into one
+orchestrator — are spread over as runners of one app. A replica that dies or drains stops being a
+runner at once; the others go on.
 """
 
 from __future__ import annotations
@@ -36,10 +44,10 @@ from byoc_orch.advertisers.base import (
     Reply,
     Result,
     secret_value,
-    warm_by_worker,
+    warm_by_entry,
 )
 from byoc_orch.advertisers.live_runner import live_runner_price
-from byoc_orch.capabilities import Capability, Change
+from byoc_orch.capabilities import Capability, Change, ReplicaShare
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_TTL = 20.0
@@ -71,20 +79,39 @@ class _Runner:
     rejected: tuple[bytes, str] | None = None
 
 
-def heartbeat_body(capability: Capability, runner_id: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Replica:
+    """One warm replica as a runner: its share and the capability it belongs to."""
+
+    capability: Capability
+    share: ReplicaShare
+
+    @property
+    def app(self) -> str:
+        return self.capability.name
+
+
+def heartbeat_body(
+    capability: Capability, share: ReplicaShare | None, runner_id: str | None
+) -> dict[str, Any]:
+    share = share or capability.shares()[0]
     body: dict[str, Any] = {
-        "label": capability.worker_id,
-        "runner_url": capability.url,
+        "label": share.worker_id,
+        "runner_url": share.url,
         "app": capability.name,
         "status": "ready",
         "mode": "persistent",
-        "capacity": int(capability.capacity),
+        "capacity": int(share.capacity),
     }
     if runner_id is not None:
         body = {"runner_id": runner_id, **body}
+    if share.gpu is not None:
+        body["gpu"] = share.gpu
     price = live_runner_price(capability.offer)
     if price is not None:
         body["price_info"] = price
+    if share.session_ids:
+        body["session_ids"] = list(share.session_ids)
     return body
 
 
@@ -98,14 +125,15 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
         super().__init__(*args, **kwargs)
         s = self.settings
         self._secret = secret_value(s)
-        self._warm: dict[str, Capability] = {}
+        self._capabilities: dict[str, Capability] = {}
+        self._warm: dict[str, _Replica] = {}
         self._runners: dict[str, _Runner] = {}
         self._leaving: dict[str, _Runner] = {}
         self._refusal: str | None = None
 
     def registered_names(self) -> list[str]:
         return sorted(
-            f"{self._warm[worker_id].name} ({runner.runner_id})"
+            f"{self._warm[worker_id].app} ({runner.runner_id})"
             for worker_id, runner in self._runners.items()
             if runner.runner_id is not None and worker_id in self._warm
         )
@@ -117,22 +145,28 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             "state": str(self._state),
             "refusal": self._refusal,
             "rejected": {
-                self._warm[worker_id].name: runner.rejected[1]
+                self._warm[worker_id].app: runner.rejected[1]
                 for worker_id, runner in sorted(self._runners.items())
                 if runner.rejected is not None and worker_id in self._warm
             },
         }
 
     def _on_change(self, change: Change) -> None:
-        warm_by_worker(change, self._warm)
-        for capability in change.withdrawn:
-            runner = self._runners.pop(capability.worker_id, None)
+        warm_by_entry(change, self._capabilities)
+        before = set(self._warm)
+        self._warm = {
+            share.worker_id: _Replica(capability, share)
+            for capability in self._capabilities.values()
+            for share in capability.shares()
+        }
+        for worker_id in before - set(self._warm):
+            runner = self._runners.pop(worker_id, None)
             if runner is not None and runner.runner_id is not None:
-                self._leaving[capability.worker_id] = runner
-        for capability in change.appeared:
-            back = self._leaving.pop(capability.worker_id, None)
+                self._leaving[worker_id] = runner
+        for worker_id in set(self._warm) - before:
+            back = self._leaving.pop(worker_id, None)
             if back is not None:
-                self._runners[capability.worker_id] = back
+                self._runners[worker_id] = back
         self._wake.set()
 
     def _delay(self) -> float:
@@ -163,23 +197,25 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
                 self._leaving.pop(worker_id, None)
             if not self._after(reply):
                 return
-        for worker_id, capability in list(self._warm.items()):
+        for worker_id, replica in list(self._warm.items()):
             if self._stopping:
                 return
             runner = self._runners.setdefault(worker_id, _Runner())
             for _attempt in range(2):
-                body = json.dumps(heartbeat_body(capability, runner.runner_id)).encode()
+                body = json.dumps(
+                    heartbeat_body(replica.capability, replica.share, runner.runner_id)
+                ).encode()
                 if runner.rejected is not None and runner.rejected[0] == body:
                     break
                 due = runner.runner_id is None or body != runner.sent or now >= runner.next_due
                 if not due:
                     break
                 called = True
-                reply = await self._heartbeat(capability, runner, body)
+                reply = await self._heartbeat(replica, runner, body)
                 if reply.status in (401, 404) and runner.runner_id is not None:
                     self.log.info(
                         "go-livepeer no longer knows this live runner; registering it again",
-                        app=capability.name,
+                        app=replica.app,
                         runner_id=runner.runner_id,
                     )
                     runner = self._runners[worker_id] = _Runner()
@@ -207,8 +243,9 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             now, reply, "go-livepeer unreachable for live runner heartbeats; retrying with back-off"
         )
 
-    async def _heartbeat(self, capability: Capability, runner: _Runner, body: bytes) -> Reply:
+    async def _heartbeat(self, replica: _Replica, runner: _Runner, body: bytes) -> Reply:
         bootstrap = runner.runner_id is None
+        capability, share = replica.capability, replica.share
         reply = await self._call(
             "heartbeat",
             "POST",
@@ -228,13 +265,13 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             if bootstrap:
                 runner.runner_id = runner_id
                 runner.secret = str(answer.get("heartbeat_secret") or "")
-                body = json.dumps(heartbeat_body(capability, runner_id)).encode()
+                body = json.dumps(heartbeat_body(capability, share, runner_id)).encode()
                 self.log.info(
                     "registered as a go-livepeer live runner",
                     app=capability.name,
-                    worker_id=capability.worker_id,
+                    worker_id=share.worker_id,
                     runner_id=runner_id,
-                    runner_url=capability.url,
+                    runner_url=share.url,
                 )
             runner.interval = go_duration(answer.get("heartbeat_interval"), DEFAULT_INTERVAL)
             runner.ttl = go_duration(answer.get("heartbeat_ttl"), DEFAULT_TTL)
@@ -245,7 +282,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             self.log.error(
                 "go-livepeer refused this live runner; not sending it again until it changes",
                 app=capability.name,
-                worker_id=capability.worker_id,
+                worker_id=share.worker_id,
                 reason=reply.error,
             )
         return reply

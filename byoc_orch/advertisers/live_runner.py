@@ -9,24 +9,26 @@ the body is not read. A runner that turns unhealthy is hidden from discovery and
 are released. Client calls to `/apps/{label}/session/{id}/app/<path>` are reverse-proxied to
 `runner_url` + `<path>` with the client's own headers.
 
-So byoc-orch lists every entry — cold ones too — with `health_url` on
-`/live-runner/<worker_id>/health`, which answers 200 only while the worker is warm: go-livepeer's
-own poll then advertises warm workers only, with no SDK and nothing to re-register when either
-side restarts. `runner_url` is the worker's proxy base, `label` its worker id with label routing
-(stable public URLs; a worker id never contains `/`), `app` the `pipeline/model_id` go-livepeer's
-docs use as the convention, `mode` persistent (a reserved session spans start/params/stop), and
-`capacity` the entry's total: go-livepeer counts the sessions it reserves.
+So byoc-orch lists every replica of every entry — cold ones too — as a runner with `health_url`
+on `/live-runner/<worker_id>/health`, which answers 200 only while that replica is warm and not
+draining: go-livepeer's own poll then advertises warm replicas only, with no SDK and nothing to
+re-register when either side restarts. `runner_url` is the replica's own proxy base, `label` its
+worker id with label routing (stable public URLs; a worker id never contains `/`), `app` the
+entry's `pipeline/model_id` (go-livepeer's docs' convention; every replica of an entry shares it),
+`mode` persistent (a reserved session spans start/params/stop), `capacity` the replica's own
+(go-livepeer counts the sessions it reserves per runner), and `gpu` its device when it has one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from byoc_orch.aimodels import ModelEntry
+from byoc_orch.aimodels import GpuRequest, ModelEntry
+from byoc_orch.container_spec import replica_id
 from byoc_orch.offer import Offer, json_number
 from byoc_orch.routes import LIVE_RUNNER_HEALTH_ROUTE, live_runner_health_url, proxy_url
 from byoc_orch.worker_state import State
@@ -34,8 +36,24 @@ from byoc_orch.worker_state import State
 PIXELS_PER_720P_HOUR = 3600 * 1280 * 720 * 30
 """go-livepeer's `720p` price unit: USD per hour of 1280x720 at 30 fps."""
 
-WorkerStatus = tuple[State, str | None]
-"""(state, reason) of one worker, as /workers shows them."""
+
+class WorkerStatus(NamedTuple):
+    """One worker's state and reason, as /workers shows them, and whether it drains."""
+
+    state: State
+    reason: str | None
+    draining: bool = False
+
+
+class Slot(Protocol):
+    """One replica's placement (placement.ReplicaSlot)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def gpus(self) -> GpuRequest | None: ...
+
+
 StatusLookup = Callable[[str], WorkerStatus | None]
 """worker_id → its status, or None for an unknown worker id."""
 
@@ -53,15 +71,15 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
             return JSONResponse(
                 {"error": f"no worker {worker_id!r}"}, status_code=404, headers=headers
             )
-        state, reason = found
-        if state is State.WARM:
+        state, reason, draining = WorkerStatus(*found)
+        if state is State.WARM and not draining:
             body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": str(state)}
             return JSONResponse(body, status_code=200, headers=headers)
         body = {
             "status": "unavailable",
             "worker_id": worker_id,
             "state": str(state),
-            "reason": reason,
+            "reason": "draining: taking no new sessions" if draining else reason,
         }
         return JSONResponse(body, status_code=503, headers=headers)
 
@@ -84,10 +102,10 @@ def live_runner_price(offer: Offer) -> dict[str, Any] | None:
     }
 
 
-def runner_entry(entry: ModelEntry, public_url: str) -> dict[str, Any]:
-    """One `runners` element, with exactly the fields of go-livepeer's
+def runner_entry(entry: ModelEntry, public_url: str, slot: Slot | None = None) -> dict[str, Any]:
+    """One `runners` element (one replica of `entry`), with exactly the fields of go-livepeer's
     StaticLiveRunnerConfigEntry."""
-    worker_id = entry.worker_id
+    worker_id = replica_id(entry, slot.index) if slot is not None else entry.worker_id
     runner: dict[str, Any] = {
         "label": worker_id,
         "routing": "label",
@@ -101,12 +119,22 @@ def runner_entry(entry: ModelEntry, public_url: str) -> dict[str, Any]:
     price = live_runner_price(entry.offer)
     if price is not None:
         runner["price_info"] = price
-    gpus = entry.gpu_request() if entry.managed else None
+    gpus = (slot.gpus if slot is not None else entry.gpu_request()) if entry.managed else None
     if gpus is not None and len(gpus.device_ids) == 1:
         runner["gpu"] = {"id": gpus.device_ids[0]}
     return runner
 
 
-def runners_document(entries: Iterable[ModelEntry], public_url: str) -> dict[str, Any]:
-    """The `-liveRunnerConfig` document for every entry."""
-    return {"runners": [runner_entry(entry, public_url) for entry in entries]}
+def runners_document(
+    entries: Iterable[ModelEntry],
+    public_url: str,
+    replicas: Mapping[str, Sequence[Slot]] | None = None,
+) -> dict[str, Any]:
+    """The `-liveRunnerConfig` document: one runner for every replica of every entry."""
+    runners = []
+    for entry in entries:
+        slots: Sequence[Slot | None] = (replicas or {}).get(entry.worker_id) or (None,)
+        if not entry.managed:
+            slots = (None,)
+        runners += [runner_entry(entry, public_url, slot) for slot in slots]
+    return {"runners": runners}

@@ -1,0 +1,433 @@
+"""One aiModels.json entry at run time: its replicas, the capability they make up, and changes
+rolled out one replica at a time.
+
+Each replica is a `Worker` (one container, its own supervision). The entry is advertised while at
+least one replica is warm and not draining, with the capacity of exactly those replicas, so a
+replica's crash withdraws only its share. A reload that changes a replicated entry's containers,
+or lowers its replica count, acts on one replica at a time: stop routing new sessions to it
+(draining), wait until its sessions end or the drain timeout passes, stop it, start its
+successor and wait until that is warm before the next. Replicas that serve nothing are replaced
+first, so with two or more replicas the capability stays listed throughout. An entry without
+replicas keeps the behaviour it had before replicas existed: a change replaces its one container
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from byoc_orch.aimodels import ModelEntry
+from byoc_orch.capabilities import Capability, CapabilityRegistry, ReplicaShare
+from byoc_orch.container_spec import ContainerSpec
+from byoc_orch.gpu import GpuInfo
+from byoc_orch.routing import ReplicaLoad
+from byoc_orch.sessions import EndReason
+from byoc_orch.worker import Worker
+from byoc_orch.worker_state import Adopt, Launch, Policy, State, Stop
+
+log = structlog.get_logger("byoc_orch.deployment")
+
+Specs = Mapping[int, ContainerSpec | None]
+"""The container each replica index wants (None for an external entry's one upstream)."""
+
+SETTLED = frozenset({State.WARM, State.BACKOFF, State.FAILED, State.STOPPED})
+"""States a new replica can rest in; only WARM lets a rollout go on."""
+
+
+class Host(Protocol):
+    """What an entry needs from the daemon that runs it."""
+
+    registry: CapabilityRegistry
+
+    def new_worker(
+        self, entry: ModelEntry, spec: ContainerSpec | None, index: int, deployment: Deployment
+    ) -> Worker: ...
+
+    def forget_worker(self, worker: Worker) -> None: ...
+
+    def end_sessions(self, worker: Worker, reason: EndReason, detail: str | None) -> None: ...
+
+    def session_ids(self, worker_id: str) -> tuple[str, ...]: ...
+
+    def entry_url(self, entry_id: str) -> str: ...
+
+    def capacity_changed(self, entry: ModelEntry, capacity: int) -> None: ...
+
+    def policy_for(self, entry: ModelEntry) -> Policy: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    drain: float
+    """Seconds a draining replica's sessions may run on before they are ended."""
+    stop: float
+    """Seconds a container may take to stop and be removed."""
+
+
+@dataclass
+class Rollout:
+    """What the last change to the entry's containers is doing, for /entries and status."""
+
+    state: str  # rolling, done, halted
+    detail: str = ""
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "detail": self.detail or None,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def end_reason(state: State) -> EndReason:
+    """Why a replica's sessions end when it leaves WARM in `state`."""
+    if state is State.UNHEALTHY:
+        return EndReason.UNHEALTHY
+    if state in (State.STOPPING, State.STOPPED):
+        return EndReason.REMOVED
+    return EndReason.CRASHED
+
+
+class Deployment:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        specs: Specs,
+        host: Host,
+        *,
+        timeouts: Timeouts,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.entry = entry
+        self.entry_id = entry.worker_id
+        self.workers: dict[int, Worker] = {}
+        self.rollout: Rollout | None = None
+        self._specs = dict(specs)
+        self._host = host
+        self._timeouts = timeouts
+        self._clock = clock
+        self._warm_since: float | None = None
+        self._last_state: dict[str, State] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._log = log.bind(
+            entry_id=self.entry_id, pipeline=entry.pipeline, model_id=entry.model_id
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._host.entry_url(self.entry_id)
+
+    def wanted_specs(self) -> Specs:
+        """The containers the entry's replicas should run (what the last change asked for)."""
+        return dict(self._specs)
+
+    def replicas(self) -> list[Worker]:
+        return [self.workers[index] for index in sorted(self.workers)]
+
+    def loads(self, only: Worker | None = None) -> list[ReplicaLoad]:
+        """Routing's view of the replicas (or of one of them)."""
+        chosen = [only] if only is not None else self.replicas()
+        return [
+            ReplicaLoad(w.worker_id, w.replica, w.routable, w.in_use, w.entry.capacity)
+            for w in chosen
+        ]
+
+    def capability(self) -> Capability | None:
+        """The entry as advertised now, or None while no replica may take sessions."""
+        routable = [w for w in self.replicas() if w.routable]
+        if not routable:
+            return None
+        entry = self.entry
+        shares = tuple(
+            ReplicaShare(
+                worker_id=w.worker_id,
+                index=w.replica,
+                url=w.proxy_url,
+                capacity=w.entry.capacity,
+                in_use=w.in_use,
+                gpu=live_runner_gpu(w),
+                session_ids=self._host.session_ids(w.worker_id),
+            )
+            for w in routable
+        )
+        return Capability(
+            entry_id=self.entry_id,
+            pipeline=entry.pipeline,
+            model_id=entry.model_id,
+            url=self.url,
+            capacity=sum(share.capacity for share in shares),
+            offer=entry.offer,
+            warm_since=self._warm_since or self._clock(),
+            in_use=sum(share.in_use for share in shares),
+            replicas=shares,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        replicas = self.replicas()
+        capability = self.capability()
+        return {
+            "entry_id": self.entry_id,
+            "pipeline": self.entry.pipeline,
+            "model_id": self.entry.model_id,
+            "capability": self.entry.capability,
+            "url": self.url,
+            "warm": capability is not None,
+            "replicas_wanted": len(self._specs),
+            "replicas_warm": sum(w.status.state is State.WARM for w in replicas),
+            "capacity": capability.capacity if capability else 0,
+            "in_use": capability.in_use if capability else 0,
+            "rollout": self.rollout.describe() if self.rollout else None,
+            "replicas": [w.worker_id for w in replicas],
+        }
+
+    # -- running --------------------------------------------------------------------------------
+
+    def start(self, adopt: Mapping[str, str]) -> None:
+        """Follow every replica: adopt the running containers named in `adopt` (replica id →
+        container id), launch the rest when the entry is warm."""
+        for index, spec in sorted(self._specs.items()):
+            worker = self._add(index, spec, self.entry, launch=False)
+            container_id = adopt.get(worker.worker_id)
+            if container_id is not None:
+                worker.post(Adopt(container_id))
+            elif self.entry.warm:
+                worker.post(Launch())
+
+    def worker_changed(self, worker: Worker) -> None:
+        """A replica reported a change: end its sessions if it just left WARM, then publish."""
+        state = worker.status.state
+        before = self._last_state.get(worker.worker_id)
+        self._last_state[worker.worker_id] = state
+        if before is State.WARM and state is not State.WARM:
+            self._host.end_sessions(worker, end_reason(state), worker.status.reason or None)
+        self.publish()
+
+    def publish(self) -> None:
+        capability = self.capability()
+        if capability is None:
+            self._warm_since = None
+            self._host.registry.withdraw(self.entry_id)
+            self._host.capacity_changed(self.entry, 0)
+            return
+        if self._warm_since is None:
+            self._warm_since = self._clock()
+            capability = self.capability()
+            assert capability is not None
+        self._host.registry.set_warm(capability)
+        self._host.capacity_changed(self.entry, capability.capacity)
+
+    def halt(self) -> list[asyncio.Task[Any]]:
+        """Shutdown: cancel every task at once; nothing is published after this."""
+        tasks: list[asyncio.Task[Any]] = []
+        if self._task is not None:
+            self._task.cancel()
+            tasks.append(self._task)
+        for worker in self.workers.values():
+            tasks += worker.halt()
+        return tasks
+
+    # -- changing -------------------------------------------------------------------------------
+
+    def update(self, entry: ModelEntry) -> None:
+        """An entry change that leaves every container as it is (price, capacity, token…)."""
+        self.entry = entry
+        for worker in self.workers.values():
+            worker.update_entry(entry, self._host.policy_for(entry))
+        self.publish()
+
+    async def reconfigure(self, entry: ModelEntry, specs: Specs) -> None:
+        """Move to a changed entry whose containers (or number of them) differ.
+
+        An entry without replicas, before and after, is replaced at once, as before replicas
+        existed; this returns when the old container is gone. Otherwise the change is rolled out
+        in the background, one replica at a time, and this returns at once.
+        """
+        await self._cancel_rollout()
+        old_entry = self.entry
+        self.entry, self._specs = entry, dict(specs)
+        changed = sorted(
+            index
+            for index, worker in self.workers.items()
+            if index in specs and not _same(worker, specs[index], old_entry, entry)
+        )
+        added = sorted(set(specs) - set(self.workers))
+        removed = sorted(set(self.workers) - set(specs))
+        for index in set(self.workers) - set(changed) - set(removed):
+            self.workers[index].set_draining(False)
+            self.workers[index].update_entry(entry, self._host.policy_for(entry))
+        if not (old_entry.replicated or entry.replicated):
+            await asyncio.gather(
+                *(self._retire(self.workers[i], EndReason.REPLACED) for i in changed),
+                *(self._retire(self.workers[i], EndReason.REMOVED) for i in removed),
+            )
+            for index in (*changed, *added):
+                self._add(index, specs[index], entry, launch=entry.warm)
+            self.publish()
+            return
+        self.rollout = Rollout("rolling", started_at=self._clock())
+        self._task = asyncio.create_task(
+            self._roll(entry, added, changed, removed), name=f"rollout-{self.entry_id}"
+        )
+
+    async def retire(self, reason: EndReason) -> None:
+        """The entry is going away: replicas drain first (replicated entries only, bounded by
+        the drain timeout), then every container stops."""
+        await self._cancel_rollout()
+        workers = self.replicas()
+        if self.entry.replicated:
+            await asyncio.gather(*(self._drain(w) for w in workers))
+        await asyncio.gather(*(self._retire(w, reason) for w in workers))
+        self._host.registry.withdraw(self.entry_id)
+
+    async def drain_all(self) -> None:
+        """Shutdown with containers stopping: let sessions finish (bounded), nothing new."""
+        await asyncio.gather(*(self._drain(w) for w in self.replicas()))
+
+    async def _roll(
+        self, entry: ModelEntry, added: list[int], changed: list[int], removed: list[int]
+    ) -> None:
+        rollout = self.rollout
+        assert rollout is not None
+        self._log.info(
+            "rolling out a change",
+            added=added or None,
+            replacing=changed or None,
+            removing=removed or None,
+        )
+        try:
+            for index in added:
+                self._add(index, self._specs[index], entry, launch=entry.warm)
+            # Replicas that serve nothing go first: replacing them costs no capacity.
+            order = sorted(changed, key=lambda i: (self.workers[i].routable, i))
+            for index in order:
+                old = self.workers[index]
+                rollout.detail = f"replacing replica {index}"
+                await self._drain(old)
+                await self._retire(old, EndReason.REPLACED)
+                successor = self._add(index, self._specs[index], entry, launch=entry.warm)
+                if entry.warm and not await self._became_warm(successor):
+                    rollout.state, rollout.finished_at = "halted", self._clock()
+                    rollout.detail = (
+                        f"replica {index} did not become warm ({successor.status.state}: "
+                        f"{successor.status.reason or 'no reason given'}); the replicas not yet "
+                        "replaced keep their old containers"
+                    )
+                    self._log.error("rollout halted", reason=rollout.detail)
+                    return
+            if removed:
+                rollout.detail = f"removing replicas {', '.join(map(str, removed))}"
+                leaving = [self.workers[i] for i in removed]
+                await asyncio.gather(*(self._drain(w) for w in leaving))
+                await asyncio.gather(*(self._retire(w, EndReason.REMOVED) for w in leaving))
+            rollout.state, rollout.detail, rollout.finished_at = "done", "", self._clock()
+            self._log.info("rollout done", replicas=len(self.workers))
+        finally:
+            self._task = None
+
+    async def _became_warm(self, worker: Worker) -> bool:
+        timeout = worker.policy.startup_timeout + self._timeouts.stop
+        with contextlib.suppress(TimeoutError):
+            await worker.wait_for(lambda s: s.state in SETTLED, timeout)
+        return worker.status.state is State.WARM
+
+    async def _drain(self, worker: Worker) -> None:
+        """Take no new sessions on `worker` and wait (bounded) for its sessions to end."""
+        worker.set_draining(True)
+        if worker.in_use == 0 or worker.status.state is not State.WARM:
+            return
+        self._log.info(
+            "draining replica",
+            worker_id=worker.worker_id,
+            sessions=worker.in_use,
+            timeout=self._timeouts.drain,
+        )
+        try:
+            await worker.wait_until(
+                lambda: worker.in_use == 0 or worker.status.state is not State.WARM,
+                self._timeouts.drain,
+            )
+        except TimeoutError:
+            self._log.warning(
+                "drain timed out; ending the replica's sessions",
+                worker_id=worker.worker_id,
+                sessions=worker.in_use,
+                timeout=self._timeouts.drain,
+            )
+
+    async def _retire(self, worker: Worker, reason: EndReason) -> None:
+        """End the replica's sessions, stop its container and stop following it."""
+        self._host.end_sessions(worker, reason, "aiModels.json changed")
+        worker.post(Stop())
+        try:
+            await worker.wait_for(lambda s: s.state is State.STOPPED, self._timeouts.stop)
+        except TimeoutError:
+            self._log.warning(
+                "worker did not stop in time; left to the next reconcile",
+                worker_id=worker.worker_id,
+            )
+        await worker.close()
+        if self.workers.get(worker.replica) is worker:
+            del self.workers[worker.replica]
+        self._last_state.pop(worker.worker_id, None)
+        self._host.forget_worker(worker)
+        self.publish()
+
+    def _add(
+        self, index: int, spec: ContainerSpec | None, entry: ModelEntry, *, launch: bool
+    ) -> Worker:
+        worker = self._host.new_worker(entry, spec, index, self)
+        self.workers[index] = worker
+        worker.start()
+        if launch:
+            worker.post(Launch())
+        return worker
+
+    async def _cancel_rollout(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if self.rollout is not None and self.rollout.state == "rolling":
+                self.rollout.state = "superseded"
+                self.rollout.finished_at = self._clock()
+
+
+def _same(worker: Worker, spec: ContainerSpec | None, old: ModelEntry, new: ModelEntry) -> bool:
+    """Whether a replica can stay as it is under the new entry (an external one follows a
+    changed url in place)."""
+    old_hash = worker.spec.spec_hash if worker.spec is not None else None
+    new_hash = spec.spec_hash if spec is not None else None
+    return old.managed == new.managed and old_hash == new_hash and old.warm == new.warm
+
+
+def live_runner_gpu(worker: Worker) -> dict[str, Any] | None:
+    """go-livepeer's LiveRunnerGPU for a replica given exactly one GPU: from NVML when it knows
+    the device, else just the device id the replica was placed on."""
+    gpus: list[GpuInfo] | None = worker.gpus
+    if not gpus:
+        request = worker.spec.gpus if worker.spec is not None else None
+        if request is not None and len(request.device_ids) == 1:
+            return {"id": request.device_ids[0]}
+        return None
+    if len(gpus) != 1:
+        return None
+    (gpu,) = gpus
+    shown: dict[str, Any] = {"id": gpu.uuid or str(gpu.index)}
+    if gpu.name:
+        shown["name"] = gpu.name
+    if gpu.memory_total_bytes:
+        shown["vram_mb"] = gpu.memory_total_bytes // (1024 * 1024)
+    return shown

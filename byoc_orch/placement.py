@@ -1,0 +1,554 @@
+"""Where each replica of an aiModels.json entry runs: its host port and its GPUs. Pure, no I/O.
+
+The *pool* is the GPUs replicas may be placed on: ``BYOC_ORCH_GPUS`` when set (so an operator
+can keep GPUs for go-livepeer's own AI workers), else every GPU NVML lists, else none.
+
+Placement must be deterministic and stable, because a restart adopts a running container only
+if its entry still wants exactly that container (same port, same devices):
+
+1. An entry without replicas gets one slot, exactly today's container: index 0, the url port,
+   and the entry's own GPU request (Docker picks the GPUs for "all" or a count). An explicit
+   device list *claims* those GPUs.
+2. Entries with a replica count, in file order, then ``"per-gpu"`` entries, in file order, take
+   GPUs from the pool in pool order, skipping GPUs claimed by anyone before them. With g GPUs
+   per replica and k = replicas_per_gpu, replica i gets group i // k, where group j is the j-th
+   run of g free GPUs: R replicas need ceil(R / k) * g GPUs, and ``"per-gpu"`` runs
+   (free GPUs // g) * k replicas. gpus ``"all"`` gives every replica every GPU (the pool's
+   devices when BYOC_ORCH_GPUS is set, so reserved GPUs stay out) and claims nothing; ``"none"``
+   gives none.
+3. Replica i listens on host port url port + i, on loopback like every managed port.
+
+So raising an entry's replicas keeps its existing replicas where they were, and an entry added
+below moves nothing above it. What moves GPUs is a new device list anywhere in the file (lists
+are claimed first), or more replicas or GPUs in an entry placed earlier (every counted entry is
+placed before the "per-gpu" ones).
+
+Once a file places replicas, device lists are exclusive claims, so two entries listing one GPU
+is an error; a file without replicas keeps today's rule (allowed, with a warning that the two
+containers share it). Every problem names the entry, its model_id, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from byoc_orch.aimodels import (
+    MAX_PORT,
+    GpuRequest,
+    ModelEntry,
+    ModelsFileError,
+    Problem,
+    loopback_port,
+)
+
+if TYPE_CHECKING:
+    from byoc_orch.gpu import GpuInfo
+
+__all__ = [
+    "GpuPool",
+    "GpuPoolError",
+    "Placement",
+    "ReplicaSlot",
+    "place",
+    "plan",
+    "pool_from",
+]
+
+GpuPool = tuple[str, ...]
+"""Device ids replicas may be placed on (index strings such as "0", or UUIDs), in pool order."""
+
+POOL_SETTING = "BYOC_ORCH_GPUS"
+_NO_PORTS: Mapping[int, str] = MappingProxyType({})
+_NO_POOL = "no GPU pool to place replicas on: NVML lists no GPUs here and BYOC_ORCH_GPUS is not set"
+_NO_POOL_FIX = 'run on the GPU host, set BYOC_ORCH_GPUS=0,1,…, or use "gpus": "none"'
+
+
+class GpuPoolError(ModelsFileError):
+    """BYOC_ORCH_GPUS names GPUs this host does not have; nothing can be placed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSlot:
+    """One container of an entry: which replica it is, its host port and what Docker is asked
+    for (placed replicas name their devices; an entry without replicas keeps its own request)."""
+
+    index: int
+    host_port: int
+    gpus: GpuRequest | None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The device ids given, or () when Docker decides (all, a count) or there are none."""
+        return self.gpus.device_ids if self.gpus is not None else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Every managed entry's slots (keyed by worker_id), or the problems that prevent them."""
+
+    slots: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class _Devices:
+    """Names one GPU the same way whether written as an index or a UUID (when NVML said which
+    is which); ids NVML does not know (MIG devices, a host not yet seen) compare as written."""
+
+    def __init__(self, inventory: Sequence[GpuInfo]) -> None:
+        self._keys: dict[str, str] = {}
+        for gpu in inventory:
+            self._keys[str(gpu.index)] = str(gpu.index)
+            self._keys[gpu.uuid.lower()] = str(gpu.index)
+
+    def key(self, device: str) -> str:
+        return self._keys.get(device.lower(), device.lower())
+
+    def known(self, device: str) -> bool:
+        return device.lower() in self._keys
+
+
+def pool_from(configured: tuple[str, ...] | None, inventory: Sequence[GpuInfo]) -> GpuPool | None:
+    """The GPU pool: BYOC_ORCH_GPUS when set, else NVML's GPUs by index, else None (no pool).
+
+    Members of BYOC_ORCH_GPUS are checked against the inventory when there is one; MIG ids are
+    not in NVML's device list and pass unchecked. Raises GpuPoolError naming every bad member.
+    """
+    if configured is None:
+        return tuple(str(gpu.index) for gpu in inventory) or None
+    if inventory:
+        problems = list(_pool_setting_problems(configured, inventory))
+        if problems:
+            raise GpuPoolError(problems)
+    return tuple(configured)
+
+
+def _pool_setting_problems(
+    configured: tuple[str, ...], inventory: Sequence[GpuInfo]
+) -> Iterator[Problem]:
+    devices = _Devices(inventory)
+    listed = ", ".join(str(gpu.index) for gpu in inventory)
+    at = partial(Problem, None, None, None, source=POOL_SETTING)
+    seen: dict[str, str] = {}
+    for member in configured:
+        if not devices.known(member) and not _is_mig(member):
+            yield at(
+                f"GPU {member} is not on this host (NVML lists {listed})",
+                "list GPU indexes or UUIDs that `nvidia-smi -L` shows",
+            )
+            continue
+        earlier = seen.setdefault(devices.key(member), member)
+        if earlier != member:
+            yield at(f"{member} and {earlier} are the same GPU", f"list GPU {earlier} once")
+
+
+def _is_mig(device: str) -> bool:
+    return device.upper().startswith("MIG-") or ":" in device
+
+
+# --------------------------------------------------------------------------- placing
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    index: int
+    entry: ModelEntry
+    device: str
+
+
+class _Planner:
+    """One placement run: claims made so far, in the order the module docstring gives."""
+
+    def __init__(
+        self,
+        pool: GpuPool | None,
+        *,
+        source: str,
+        pool_configured: bool,
+        inventory: Sequence[GpuInfo],
+    ) -> None:
+        self.pool = pool
+        self.source = source
+        self.pool_configured = pool_configured
+        self.inventory = inventory
+        self.devices = _Devices(inventory)
+        self.pool_keys = {self.devices.key(member) for member in pool or ()}
+        self.holders: dict[str, _Holder] = {}
+        self.result = Placement()
+
+    def problem(self, index: int, entry: ModelEntry, name: str, message: str, fix: str) -> None:
+        self.result.problems.append(Problem(index, entry.model_id, name, message, fix, self.source))
+
+    def warning(self, index: int, entry: ModelEntry, name: str, message: str, fix: str) -> None:
+        self.result.warnings.append(Problem(index, entry.model_id, name, message, fix, self.source))
+
+    # -- entries without replicas ---------------------------------------------------------------
+
+    def single(self, index: int, entry: ModelEntry, *, exclusive: bool) -> None:
+        request = entry.gpu_request()
+        self.result.slots[entry.worker_id] = (ReplicaSlot(0, _base_port(entry), request),)
+        if request is None:
+            return
+        for device in request.device_ids:
+            self._claim_listed(index, entry, device, exclusive=exclusive)
+        if not request.device_ids:
+            self._warn_beyond_pool(index, entry, request)
+
+    def _claim_listed(self, index: int, entry: ModelEntry, device: str, *, exclusive: bool) -> None:
+        key = self.devices.key(device)
+        holder = self.holders.setdefault(key, _Holder(index, entry, device))
+        if holder.index != index:
+            same = "" if holder.device.lower() == device.lower() else f" as {holder.device}"
+            message = (
+                f"GPU {device} is also listed by entry {holder.index} ({holder.entry.model_id})"
+                f"{same}"
+            )
+            if exclusive:
+                self.problem(
+                    index,
+                    entry,
+                    "gpus",
+                    f"{message}; with replicas in the file, a device list claims its GPUs",
+                    "give each entry its own GPUs; to share GPUs use one entry with replicas "
+                    "and replicas_per_gpu",
+                )
+            else:
+                self.warning(
+                    index,
+                    entry,
+                    "gpus",
+                    f"{message}; the two containers share it",
+                    "check that both fit in its memory, or give each entry its own GPU",
+                )
+        if self.pool_configured and not self._in_pool(device):
+            self.warning(
+                index,
+                entry,
+                "gpus",
+                f"GPU {device} is outside BYOC_ORCH_GPUS ({','.join(self.pool or ())})",
+                "add it to BYOC_ORCH_GPUS, or list a GPU from the pool",
+            )
+
+    def _warn_beyond_pool(self, index: int, entry: ModelEntry, request: GpuRequest) -> None:
+        """A single container asking for "all" or a count may get GPUs the operator kept out."""
+        if not self.pool_configured or self.pool is None:
+            return
+        outside = [str(g.index) for g in self.inventory if not self._in_pool(str(g.index))]
+        if not outside:
+            return
+        what = (
+            "every GPU on the host"
+            if request.count == -1
+            else f"{request.count} GPU(s) Docker picks from the whole host"
+        )
+        self.warning(
+            index,
+            entry,
+            "gpus",
+            f"gives this container {what}, including {', '.join(outside)} that BYOC_ORCH_GPUS "
+            "leaves out",
+            f"list the GPUs it should use, e.g. [{', '.join(self.pool)}], or use replicas",
+        )
+
+    def _in_pool(self, device: str) -> bool:
+        return self.devices.key(device) in self.pool_keys
+
+    # -- entries with replicas ------------------------------------------------------------------
+
+    def replicated(self, index: int, entry: ModelEntry) -> None:
+        gpus = entry.gpus_per_replica
+        if isinstance(gpus, list):
+            raise ValueError(f"{entry.capability}: a device list cannot be replicated")
+        if gpus == "none" or gpus == "all":
+            if not isinstance(entry.replicas, int):
+                raise ValueError(f'{entry.capability}: "per-gpu" needs a GPU count')
+            request = None if gpus == "none" else self._everything()
+            self._slots(index, entry, [request] * entry.replicas)
+            return
+        if self.pool is None:
+            self.problem(index, entry, "replicas", _NO_POOL, _NO_POOL_FIX)
+            return
+        free = [d for d in self.pool if self.devices.key(d) not in self.holders]
+        count = self._replica_count(index, entry, gpus, free)
+        if count is None:
+            return
+        per_gpu = entry.replicas_per_gpu
+        groups = [tuple(free[j * gpus : (j + 1) * gpus]) for j in range(math.ceil(count / per_gpu))]
+        for group in groups:
+            for device in group:
+                self.holders[self.devices.key(device)] = _Holder(index, entry, device)
+        self._slots(
+            index,
+            entry,
+            [GpuRequest(count=None, device_ids=groups[i // per_gpu]) for i in range(count)],
+        )
+
+    def _replica_count(
+        self, index: int, entry: ModelEntry, gpus: int, free: list[str]
+    ) -> int | None:
+        """How many replicas fit on the free GPUs, or None (with the problem noted) if not all."""
+        per_gpu = entry.replicas_per_gpu
+        if isinstance(entry.replicas, int):
+            needed = math.ceil(entry.replicas / per_gpu) * gpus
+            if needed > len(free):
+                self._too_few(index, entry, entry.replicas, gpus, needed, free)
+                return None
+            return entry.replicas
+        count = len(free) // gpus * per_gpu
+        if count == 0:
+            self._none_for_per_gpu(index, entry, gpus, free)
+            return None
+        return count
+
+    def _everything(self) -> GpuRequest:
+        if self.pool_configured and self.pool:
+            return GpuRequest(count=None, device_ids=self.pool)
+        return GpuRequest(count=-1)
+
+    def _slots(self, index: int, entry: ModelEntry, requests: list[GpuRequest | None]) -> None:
+        base = _base_port(entry)
+        last = base + len(requests) - 1
+        if last > MAX_PORT:
+            self.problem(
+                index,
+                entry,
+                "replicas",
+                f"{len(requests)} replicas listen on ports {base}…{last}, past {MAX_PORT}",
+                f"lower the url port to {MAX_PORT - len(requests) + 1} or less, or use a "
+                "replica count",
+            )
+            return
+        self.result.slots[entry.worker_id] = tuple(
+            ReplicaSlot(i, base + i, request) for i, request in enumerate(requests)
+        )
+
+    def _too_few(
+        self, index: int, entry: ModelEntry, count: int, gpus: int, needed: int, free: list[str]
+    ) -> None:
+        sharing = f", {entry.replicas_per_gpu} per GPU" if entry.replicas_per_gpu > 1 else ""
+        fixes = ["lower replicas", "raise replicas_per_gpu (replicas sharing a GPU)"]
+        if gpus > 1:
+            fixes.append("lower gpus")
+        if self.pool_configured:
+            fixes.append("widen BYOC_ORCH_GPUS")
+        self.problem(
+            index,
+            entry,
+            "replicas",
+            f"{count} replicas with {_gpu_count(gpus)} each{sharing} need {needed} GPUs, but "
+            f"{self._free_text(free)}",
+            ", ".join(fixes[:-1]) + f", or {fixes[-1]}",
+        )
+
+    def _none_for_per_gpu(self, index: int, entry: ModelEntry, gpus: int, free: list[str]) -> None:
+        fix = "use a replica count, or lower gpus" if gpus > 1 else "use a replica count"
+        if self.pool_configured:
+            fix += ", or widen BYOC_ORCH_GPUS"
+        self.problem(
+            index,
+            entry,
+            "replicas",
+            f'"per-gpu" places no replica: each needs {_gpu_count(gpus)}, but '
+            f"{self._free_text(free)}",
+            fix,
+        )
+
+    def _free_text(self, free: list[str]) -> str:
+        size = len(self.pool or ())
+        text = f"the pool has {len(free)} free of {size}"
+        held: dict[int, tuple[ModelEntry, int]] = {}
+        for member in self.pool or ():
+            holder = self.holders.get(self.devices.key(member))
+            if holder is not None:
+                entry, n = held.get(holder.index, (holder.entry, 0))
+                held[holder.index] = (entry, n + 1)
+        if held:
+            text += (
+                " ("
+                + ", ".join(
+                    f"entry {i} ({entry.model_id}) holds {n}"
+                    for i, (entry, n) in sorted(held.items())
+                )
+                + ")"
+            )
+        return text
+
+
+def _gpu_count(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
+def _base_port(entry: ModelEntry) -> int:
+    if entry.host_port is None:
+        raise ValueError(f"{entry.capability} is not a managed entry")
+    return entry.host_port
+
+
+# --------------------------------------------------------------------------- ports
+
+
+@dataclass(frozen=True, slots=True)
+class _Occupant:
+    index: int
+    entry: ModelEntry
+    replica: int
+    replicas: int
+
+
+def _port_problems(
+    entries: Sequence[ModelEntry],
+    slots: Mapping[str, tuple[ReplicaSlot, ...]],
+    reserved: Mapping[int, str],
+    source: str,
+) -> list[Problem]:
+    """Replica ports (url port + 1 and up) against every other port in use. Base ports against
+    each other are aimodels' check; this one only adds what replicas bring, blaming the entry
+    whose replica range reaches the other port (the later one when both ranges do)."""
+    occupants = _occupants(entries, slots)
+    problems: dict[tuple[int, int], Problem] = {}
+    for port in sorted(occupants):
+        for mine in occupants[port]:
+            if mine.replica == 0:
+                continue
+            for key, clash in _clashes(mine, port, occupants[port], reserved):
+                if key not in problems:
+                    taken = _taken(mine, occupants, reserved)
+                    problems[key] = _port_problem(mine, port, clash, taken, source)
+    return list(problems.values())
+
+
+def _occupants(
+    entries: Sequence[ModelEntry], slots: Mapping[str, tuple[ReplicaSlot, ...]]
+) -> dict[int, list[_Occupant]]:
+    """Every loopback port in use: each managed container's, and loopback external entries'."""
+    occupants: dict[int, list[_Occupant]] = {}
+    for index, entry in enumerate(entries):
+        if entry.managed:
+            own = slots.get(entry.worker_id, ())
+            for slot in own:
+                occupants.setdefault(slot.host_port, []).append(
+                    _Occupant(index, entry, slot.index, len(own))
+                )
+        elif (port := loopback_port(entry)) is not None:
+            occupants.setdefault(port, []).append(_Occupant(index, entry, 0, 1))
+    return occupants
+
+
+def _clashes(
+    mine: _Occupant, port: int, here: list[_Occupant], reserved: Mapping[int, str]
+) -> Iterator[tuple[tuple[int, int], str]]:
+    """What a replica's port clashes with, keyed so each pair of entries is reported once."""
+    if port in reserved:
+        yield (mine.index, -1), f"taken by {reserved[port]}"
+    for other in here:
+        if other.index == mine.index or (other.replica and other.index > mine.index):
+            continue
+        whose = f"entry {other.index} ({other.entry.model_id})"
+        if other.replica:
+            whose = f"replica #{other.replica} of {whose}"
+        yield (mine.index, other.index), f"also used by {whose}"
+
+
+def _taken(
+    mine: _Occupant, occupants: Mapping[int, list[_Occupant]], reserved: Mapping[int, str]
+) -> set[int]:
+    """Ports that anything but this entry uses."""
+    others = {p for p, here in occupants.items() if any(o.index != mine.index for o in here)}
+    return others | set(reserved)
+
+
+def _port_problem(mine: _Occupant, port: int, clash: str, taken: set[int], source: str) -> Problem:
+    count = mine.replicas
+    fix = f"move this entry's url port so its replicas' ports url+0…url+{count - 1} are free"
+    suggestion = _free_run(count, taken, start=_base_port(mine.entry))
+    if suggestion is not None:
+        fix += f", e.g. http://127.0.0.1:{suggestion}"
+    return Problem(
+        mine.index,
+        mine.entry.model_id,
+        "url",
+        f"replica #{mine.replica} would listen on host port {port}, {clash}",
+        fix,
+        source,
+    )
+
+
+def _free_run(length: int, taken: set[int], *, start: int) -> int | None:
+    """The first port from ``start`` up that begins ``length`` free ports, if any."""
+    port = start
+    while port + length - 1 <= MAX_PORT:
+        clash = [p for p in range(port, port + length) if p in taken]
+        if not clash:
+            return port
+        port = max(clash) + 1
+    return None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan(
+    entries: Sequence[ModelEntry],
+    pool: GpuPool | None,
+    *,
+    source: str,
+    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    pool_configured: bool = False,
+    inventory: Sequence[GpuInfo] = (),
+) -> Placement:
+    """Place every managed entry of a checked file (``entries`` in file order); never raises.
+
+    ``pool_configured`` says the pool came from BYOC_ORCH_GPUS; ``inventory`` (NVML's GPUs,
+    when known) lets an index and a UUID of one GPU be recognised as the same device.
+    """
+    planner = _Planner(pool, source=source, pool_configured=pool_configured, inventory=inventory)
+    managed = [(index, entry) for index, entry in enumerate(entries) if entry.managed]
+    exclusive = any(entry.replicated for _, entry in managed)
+    for index, entry in managed:
+        if not entry.replicated:
+            planner.single(index, entry, exclusive=exclusive)
+    counted = [(i, e) for i, e in managed if e.replicated and e.replicas != "per-gpu"]
+    per_gpu = [(i, e) for i, e in managed if e.replicas == "per-gpu"]
+    for index, entry in counted + per_gpu:
+        planner.replicated(index, entry)
+    result = planner.result
+    result.problems.extend(_port_problems(entries, result.slots, reserved_ports, source))
+    result.problems.sort(key=_by_entry)
+    result.warnings.sort(key=_by_entry)
+    return result
+
+
+def _by_entry(problem: Problem) -> int:
+    return -1 if problem.entry_index is None else problem.entry_index
+
+
+def place(
+    entries: Sequence[ModelEntry],
+    pool: GpuPool | None,
+    *,
+    source: str,
+    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    pool_configured: bool = False,
+    inventory: Sequence[GpuInfo] = (),
+) -> dict[str, tuple[ReplicaSlot, ...]]:
+    """Every managed entry's slots, keyed by worker_id; raises ModelsFileError listing every
+    problem (with the warnings) when they cannot all be placed. See `plan`."""
+    result = plan(
+        entries,
+        pool,
+        source=source,
+        reserved_ports=reserved_ports,
+        pool_configured=pool_configured,
+        inventory=inventory,
+    )
+    if result.problems:
+        raise ModelsFileError(result.problems, result.warnings)
+    return result.slots
