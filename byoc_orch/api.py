@@ -13,7 +13,6 @@ from starlette.types import Receive, Scope, Send
 
 from byoc_orch import __version__
 from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
-from byoc_orch.auth import token_denied
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
 from byoc_orch.proxy import SessionProxy
@@ -132,13 +131,11 @@ def create_app(daemon: Daemon) -> ProxyFirst:
 
     app.include_router(live_runner_router(worker_status))
 
-    api_token = daemon.settings.api_token
-    token = api_token.get_secret_value() if api_token else None
 
     @app.post("/reload")
     async def reload(request: Request) -> Response:
         """Re-read aiModels.json and apply only the difference (the same as SIGHUP)."""
-        denied = token_denied(request, token or None)
+        denied = daemon.guard.denied(request)
         if denied is not None:
             return denied
         try:

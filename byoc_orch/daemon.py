@@ -21,6 +21,7 @@ import structlog
 from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
+from byoc_orch.auth import Guard
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
 from byoc_orch.deployment import Deployment, Specs, Timeouts
@@ -120,6 +121,7 @@ class Daemon:
         self._http = shared_client()
         self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
         token = settings.api_token.get_secret_value() if settings.api_token else None
+        self.guard = Guard(token or None, settings.trusted)
         self.proxy = SessionProxy(
             resolve=self.target,
             deployments=lambda: self.deployments,
@@ -129,7 +131,7 @@ class Daemon:
             connect_timeout=settings.proxy_connect_timeout,
             timeout=settings.proxy_timeout,
             max_body_bytes=settings.max_body_bytes,
-            api_token=token or None,
+            guard=self.guard,
             clock=clock,
         )
         self.registry.subscribe(self._capabilities_changed)

@@ -40,11 +40,16 @@ def live_runner_warnings(settings: Settings) -> list[str]:
             f"BYOC_ORCH_PUBLIC_URL is not set; the runners point at {settings.public_base_url} — "
             "set it to byoc-orch's address as go-livepeer reaches it"
         )
-    if settings.api_token is not None and settings.api_token.get_secret_value():
+    if (
+        settings.api_token is not None
+        and settings.api_token.get_secret_value()
+        and not settings.trusted
+    ):
         warnings.append(
             "BYOC_ORCH_API_TOKEN is set, but go-livepeer's live runner proxy forwards the "
-            "client's headers, not a token: session calls through it will get 401 — serve "
-            "live runners from a byoc-orch bound to a private address without a token"
+            "client's headers, not a token: session calls through it will get 401 — set "
+            "BYOC_ORCH_TRUSTED_NETWORKS to go-livepeer's address, or serve live runners from a "
+            "byoc-orch on loopback without a token"
         )
     return warnings
 

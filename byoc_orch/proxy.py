@@ -30,7 +30,7 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from byoc_orch.auth import token_denied
+from byoc_orch.auth import Guard
 from byoc_orch.forwarding import (
     Unreachable,
     error_response,
@@ -121,7 +121,7 @@ class SessionProxy:
         connect_timeout: float,
         timeout: float,
         max_body_bytes: int,
-        api_token: str | None,
+        guard: Guard,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._resolve = resolve
@@ -131,7 +131,7 @@ class SessionProxy:
         self._metrics = metrics
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._max_body = max_body_bytes
-        self._api_token = api_token
+        self._guard = guard
         self._clock = clock
         self._routes: dict[str, _Routes] = {}
 
@@ -148,7 +148,7 @@ class SessionProxy:
                 fix="GET /capabilities lists the entries' URLs, GET /workers every replica",
             )
         path = request.path_params.get("path", "")
-        denied = token_denied(request, self._api_token)
+        denied = self._guard.denied(request)
         if denied is not None:
             return denied
         op = session_op(path, request.method)
@@ -158,7 +158,7 @@ class SessionProxy:
 
     async def handle_routed(self, request: Request) -> Response:
         """Session calls at the root, routed by X-Model-Id (and X-Pipeline)."""
-        denied = token_denied(request, self._api_token)
+        denied = self._guard.denied(request)
         if denied is not None:
             return denied
         op = session_op(request.url.path, request.method)

@@ -134,6 +134,15 @@ class Settings(BaseSettings):
             "stay open. Required when HOST is not a loopback address."
         ),
     )
+    trusted_networks: str | None = Field(
+        default=None,
+        description=(
+            "Comma-separated networks (CIDR) whose calls need no API token, e.g. the go-livepeer "
+            "orchestrator's address: go-livepeer's Live Runner proxy forwards its client's "
+            "headers, never a token. Lets byoc-orch listen beyond loopback for a remote "
+            "orchestrator; everyone else still needs the token when one is set."
+        ),
+    )
     proxy_connect_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to connect to a worker container when proxying."
     )
@@ -242,6 +251,19 @@ class Settings(BaseSettings):
         """BYOC_ORCH_GPUS as device ids in the operator's order; None when unset."""
         return tuple(self.gpus.split(",")) if self.gpus is not None else None
 
+    @property
+    def trusted(self) -> tuple[IPNetwork, ...]:
+        """TRUSTED_NETWORKS parsed (validated when the settings were made)."""
+        return _networks(self.trusted_networks)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        _networks(value)
+        return value
+
     @field_validator("instance")
     @classmethod
     def _instance_is_label_safe(cls, value: str) -> str:
@@ -332,15 +354,38 @@ def reserved_ports(settings: Settings) -> dict[int, str]:
 
 
 def require_token_off_loopback(settings: Settings) -> None:
-    """Refuse to serve session calls on a reachable address with no token guarding them."""
+    """Refuse to serve session calls on a reachable address with nothing guarding them: an API
+    token, or a list of the only networks trusted without one."""
     if settings.api_token is not None and settings.api_token.get_secret_value():
         return
-    if _is_loopback(settings.host):
+    if _is_loopback(settings.host) or settings.trusted:
         return
     raise SettingsError(
         f"BYOC_ORCH_HOST={settings.host} is not a loopback address and BYOC_ORCH_API_TOKEN is "
-        "not set — set BYOC_ORCH_API_TOKEN (a long random string), or bind to 127.0.0.1"
+        "not set — set BYOC_ORCH_API_TOKEN (a long random string), bind to 127.0.0.1, or name "
+        "the networks allowed without a token in BYOC_ORCH_TRUSTED_NETWORKS"
     )
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(value: str | None) -> tuple[IPNetwork, ...]:
+    if not value:
+        return ()
+    networks = []
+    for part in value.split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a network: write addresses or CIDRs such as 10.0.0.5 or "
+                "10.0.0.0/24, comma-separated"
+            ) from None
+    return tuple(networks)
 
 
 def _client_host(host: str) -> str:
