@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # README "Run the demo": bring up a private Docker engine and loopback registry (as the tests
 # do), then run byoc-orch on an aiModels.json that serves the reference worker in both health
-# styles. Extra arguments go to `byoc-orch run`.
+# styles, a cold entry, and three replicas of one entry placed on a pretend pool of four GPUs
+# (this engine's NVIDIA hook is a stub, so `--gpus device=N` launches without a GPU). Extra
+# arguments go to `byoc-orch run`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -33,6 +35,15 @@ cat >"$DEMO/aiModels.json" <<EOF
     "env": {"DEMO_HEALTH_STYLE": "docs", "DEMO_ROUTES": "api"}
   },
   {
+    "pipeline": "live-video-to-video",
+    "model_id": "demo-replicas",
+    "container": "$BYOC_TEST_WORKER_IMAGE",
+    "url": "http://127.0.0.1:18010",
+    "warm": true,
+    "replicas": 3,
+    "env": {"DEMO_LOAD_SECONDS": "2"}
+  },
+  {
     "pipeline": "text-to-image",
     "model_id": "demo-cold",
     "container": "$BYOC_TEST_WORKER_IMAGE",
@@ -41,7 +52,8 @@ cat >"$DEMO/aiModels.json" <<EOF
   }
 ]
 EOF
-echo "demo aiModels.json: $DEMO/aiModels.json"
+export BYOC_ORCH_GPUS=${BYOC_ORCH_GPUS:-0,1,2,3}
+echo "demo aiModels.json: $DEMO/aiModels.json (GPU pool: $BYOC_ORCH_GPUS)"
 .venv/bin/byoc-orch validate "$DEMO/aiModels.json"
 exec .venv/bin/byoc-orch run --models "$DEMO/aiModels.json" --instance demo \
   --docker-host "$BYOC_TEST_DOCKER_HOST" --log-format console "$@"
