@@ -107,6 +107,28 @@ def test_live_runners_load_as_go_livepeer_loads_them() -> None:
     assert "price_info" not in by_app["live-video-to-video/comfyui"]
 
 
+def test_every_replica_is_a_runner_with_its_own_url_and_gpu() -> None:
+    entry = {
+        "pipeline": "live-video-to-video",
+        "model_id": "many",
+        "container": "livepeer/comfystream:latest",
+        "url": "http://127.0.0.1:8100",
+        "replicas": 3,
+    }
+    models = parse_models(json.dumps([entry]), source="t", gpu_pool=("0", "1", "2"))
+    document = exports.live_runners(models, Settings(public_url=PUBLIC))
+    runners = check_static_runner_config(exports.render(document).encode(), onchain=False)
+    labels = [r["label"] for r in runners]
+    assert labels == [f"{models.entries[0].worker_id}-r{i}" for i in range(3)]
+    assert [r["runner_url"] for r in runners] == [f"{PUBLIC}/proxy/{label}" for label in labels]
+    assert [r["health_url"] for r in runners] == [
+        f"{PUBLIC}/live-runner/{label}/health" for label in labels
+    ]
+    assert {r["app"] for r in runners} == {"live-video-to-video/many"}
+    assert [r["gpu"] for r in runners] == [{"id": "0"}, {"id": "1"}, {"id": "2"}]
+    assert [r["capacity"] for r in runners] == [1, 1, 1]
+
+
 def test_on_chain_needs_usd_prices() -> None:
     models = load_models(EXAMPLE)
     text = exports.render(exports.live_runners(models, Settings(public_url=PUBLIC))).encode()

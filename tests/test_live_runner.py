@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastapi import FastAPI
 
 from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser, go_duration
 from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
-from byoc_orch.capabilities import CapabilityRegistry
+from byoc_orch.capabilities import CapabilityRegistry, ReplicaShare
 from byoc_orch.metrics import Metrics
 from byoc_orch.worker_state import State
 from tests.conftest import eventually
@@ -65,6 +66,16 @@ async def test_readiness_flips_with_the_worker_state(
     assert crashed.json()["reason"] == "container died (exit 137)"
 
 
+async def test_a_draining_replica_is_not_ready(
+    client: httpx.AsyncClient, states: dict[str, WorkerStatus]
+) -> None:
+    states["w1"] = WorkerStatus(State.WARM, None, draining=True)
+    draining = await client.get("/live-runner/w1/health")
+    assert draining.status_code == 503
+    assert draining.json()["state"] == "warm"
+    assert "draining" in draining.json()["reason"]
+
+
 async def test_readiness_of_an_unknown_worker_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/live-runner/nope/health")
     assert response.status_code == 404
@@ -72,6 +83,35 @@ async def test_readiness_of_an_unknown_worker_is_404(client: httpx.AsyncClient) 
 
 
 # --------------------------------------------------------------------------- heartbeats
+
+
+async def test_every_warm_replica_is_a_runner_of_the_entrys_app(
+    fake: FakeLivepeer, advertisers: list[LiveRunnerHeartbeatAdvertiser]
+) -> None:
+    registry = CapabilityRegistry()
+    await start_heartbeats(advertisers, fake.url, registry)
+    shares = tuple(
+        ReplicaShare(f"w1-r{i}", i, f"{PUBLIC}/proxy/w1-r{i}", 1, gpu={"id": str(i)})
+        for i in range(3)
+    )
+    cap = capability(capacity=3, replicas=shares)
+    registry.set_warm(cap)
+    await eventually(lambda: len(fake.runners) == 3, what="three runners")
+    runners = sorted(fake.runners.values(), key=lambda r: r["label"])
+    assert [r["label"] for r in runners] == ["w1-r0", "w1-r1", "w1-r2"]
+    assert {r["app"] for r in runners} == {"live-video-to-video/m1"}
+    assert [r["runner_url"] for r in runners] == [s.url for s in shares]
+    assert [r["capacity"] for r in runners] == [1, 1, 1]
+    assert [r["gpu"]["id"] for r in runners] == ["0", "1", "2"]
+    # One replica dies: only its runner goes; a session shows up in its holder's heartbeat.
+    busy = replace(shares[0], in_use=1, session_ids=("s-1",))
+    registry.set_warm(replace(cap, capacity=2, replicas=(busy, shares[2])))
+    await eventually(lambda: len(fake.runners) == 2, what="the dead replica's runner gone")
+    assert {r["label"] for r in fake.runners.values()} == {"w1-r0", "w1-r2"}
+    await eventually(
+        lambda: any(r.get("session_ids") == ["s-1"] for r in fake.runners.values()),
+        what="session ids heartbeated",
+    )
 
 
 def test_go_durations() -> None:
