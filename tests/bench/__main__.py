@@ -11,8 +11,9 @@ Benchmarks (DESIGN.md §5; each module's docstring says how it measures): `pulls
 one image → one pull), `healthy` (first healthy → listed), `crash` (SIGKILL → withdrawn, beside
 go-livepeer's 5 s × 2 polling), `restart` (adoption beside recreate-everything, N = 1, 4, 8),
 `proxy` (session start/stop through byoc-orch beside direct), `scale` (CPU and RSS polling
-32/128/256 external workers). `python -m tests.bench.supervision` is the old name for
-`--only healthy,crash,restart`.
+32/128/256 external workers), `replicas` (8 replicas → one pull, session routing over 8
+replicas beside 1, the capability staying listed through a rolling replacement of 4).
+`python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tests.bench.common import (
 from tests.bench.crash import crash, healthy
 from tests.bench.proxy import proxy
 from tests.bench.pulls import pulls
+from tests.bench.replicas import replicas
 from tests.bench.restart import restart
 from tests.bench.scale import scale
 
@@ -54,6 +56,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "restart": restart,
     "proxy": proxy,
     "scale": scale,
+    "replicas": replicas,
 }
 
 

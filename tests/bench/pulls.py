@@ -54,13 +54,16 @@ def _stream_errors(stream: Any) -> None:
             raise RuntimeError(str(message.get("error") or message.get("errorDetail")))
 
 
-def _prepare(run: Run, image: str, repo: str, tag: str) -> None:
-    """Blocking: build, push, then remove the local copy so the next use must pull."""
+def _prepare(run: Run, image: str, repo: str, tag: str, unique: str | None = None) -> None:
+    """Blocking: build, push, then remove the local copy so the next use must pull.
+
+    `unique` (default: the run id) is the content of the image's own layer; images built with
+    different values share no layer that could already be on the engine."""
     client = run.docker()
     try:
         _stream_errors(
             client.api.build(
-                fileobj=_context(run.image, run.run_id),
+                fileobj=_context(run.image, unique or run.run_id),
                 custom_context=True,
                 tag=image,
                 rm=True,
