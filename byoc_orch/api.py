@@ -4,6 +4,7 @@ tables, metrics, and the session proxy's routes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from byoc_orch import __version__
 from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
-from byoc_orch.proxy import SessionProxy
+from byoc_orch.proxy import SessionProxy, WorkerBrokeOff
 from byoc_orch.routes import PROXY_PREFIX
 
 
@@ -34,7 +35,10 @@ class ProxyFirst:
             if worker_id:
                 scope["path_params"] = {"worker_id": worker_id, "path": rest}
                 response = await self._proxy.handle_worker(Request(scope, receive))
-                await response(scope, receive, send)
+                with contextlib.suppress(WorkerBrokeOff):
+                    # The response was started: returning without finishing it makes the
+                    # server close the connection, so the client sees an error, not a short 200.
+                    await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

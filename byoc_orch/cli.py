@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,12 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "status":
         return asyncio.run(_status(settings))
-    return asyncio.run(_run(settings))
+    with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+        return runner.run(_run(settings))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("models_path", "host", "port", "instance", "docker_host", "log_level", "log_format")
     return {name: getattr(args, name, None) for name in names}
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (uvicorn's own fast stack; it roughly halves
+    the time byoc-orch adds to a proxied call), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _version() -> int:

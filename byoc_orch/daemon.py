@@ -33,6 +33,7 @@ from byoc_orch.engine import (
     EngineEvent,
     EventStream,
 )
+from byoc_orch.forwarding import WorkerConnections
 from byoc_orch.gpu import (
     GpuCollector,
     GpuInfo,
@@ -119,6 +120,7 @@ class Daemon:
         self._clock = clock
         self.metrics = Metrics()
         self._http = shared_client()
+        self._workers_http = WorkerConnections()
         self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.guard = Guard(token or None, settings.trusted)
@@ -126,11 +128,12 @@ class Daemon:
             resolve=self.target,
             deployments=lambda: self.deployments,
             sessions=self.sessions,
-            http=self._http,
+            connections=self._workers_http,
             metrics=self.metrics,
             connect_timeout=settings.proxy_connect_timeout,
             timeout=settings.proxy_timeout,
             max_body_bytes=settings.max_body_bytes,
+            max_passthrough_bytes=settings.max_passthrough_bytes,
             guard=self.guard,
             clock=clock,
         )
@@ -261,6 +264,7 @@ class Daemon:
         if self._dispatcher is not None:
             self._dispatcher.cancel()
         await self._http.aclose()
+        await self._workers_http.aclose()
         await self.engine.close()
         if self._gpus is not None:
             await asyncio.to_thread(self._gpus.close)
@@ -359,7 +363,7 @@ class Daemon:
         self.proxy.end_worker_sessions(worker.worker_id, reason, detail)
 
     def session_ids(self, worker_id: str) -> tuple[str, ...]:
-        return tuple(s.id for s in self.sessions.live(worker_id))
+        return self.sessions.live_ids(worker_id)
 
     def entry_url(self, entry_id: str) -> str:
         return proxy_url(self.settings.public_base_url, entry_id)
@@ -509,7 +513,7 @@ class Daemon:
     def _sessions_counted(self, worker_id: str, in_use: int) -> None:
         worker = self.workers.get(worker_id)
         if worker is not None:
-            worker.set_in_use(in_use)
+            worker.set_sessions(in_use)
 
     def _session_ended(self, session: Session) -> None:
         self.metrics.sessions_ended.labels(

@@ -46,6 +46,18 @@ def _mask(match: re.Match[str]) -> str:
     return (match.group("scheme") or match.group("param")) + REDACTED
 
 
+UNFINISHED_RESPONSE = "ASGI callable returned without completing response."
+
+
+class _DropUnfinishedResponse(logging.Filter):
+    """uvicorn's error line for a response the app did not finish. byoc-orch leaves a response
+    unfinished on purpose when a worker breaks off a streamed answer (so the client sees an
+    error, not a short 200), and logs that itself with the worker named."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != UNFINISHED_RESPONSE
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Route structlog and stdlib logging (uvicorn, docker, httpx) to stderr in one format."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -95,6 +107,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(logging.NOTSET)
+    server_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropUnfinishedResponse) for f in server_errors.filters):
+        server_errors.addFilter(_DropUnfinishedResponse())
 
 
 def _access_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:

@@ -128,6 +128,18 @@ class Metrics:
             worker,
             registry=r,
         )
+        self.requests_in_flight = Gauge(
+            "byoc_orch_requests_in_flight",
+            "Pass-through (batch) requests each worker is serving now; each holds a slot.",
+            worker,
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "byoc_orch_requests_refused_total",
+            "Pass-through requests refused by byoc-orch itself (503) before reaching a worker.",
+            (*entry, "reason"),
+            registry=r,
+        )
         self.sessions_started = Counter(
             "byoc_orch_sessions_started_total",
             "Sessions the worker accepted.",
@@ -192,12 +204,14 @@ class Metrics:
             self.sessions_ended.labels(pipeline, model_id, reason)
         for reason in START_REFUSALS:
             self.session_starts_refused.labels(pipeline, model_id, reason)
+            self.requests_refused.labels(pipeline, model_id, reason)
 
     def remove_entry(self, pipeline: str, model_id: str) -> None:
         """Drop a removed entry's series, so a reload leaves no ghosts behind."""
         for metric, extra in (
             (self.sessions_ended, SESSION_END_REASONS),
             (self.session_starts_refused, START_REFUSALS),
+            (self.requests_refused, START_REFUSALS),
         ):
             for value in extra:
                 _discard(metric, pipeline, model_id, value)
@@ -215,6 +229,7 @@ class Metrics:
         self.container_restarts.labels(pipeline, model_id, replica)
         self.time_to_warm.labels(pipeline, model_id, replica)
         self.sessions_active.labels(pipeline, model_id, replica)
+        self.requests_in_flight.labels(pipeline, model_id, replica)
 
     def remove_replica(self, pipeline: str, model_id: str, replica: str) -> None:
         for metric, extra in (
@@ -229,6 +244,7 @@ class Metrics:
             self.container_restarts,
             self.time_to_warm,
             self.sessions_active,
+            self.requests_in_flight,
         )
         for each in plain:
             _discard(each, pipeline, model_id, replica)

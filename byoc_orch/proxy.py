@@ -21,21 +21,26 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
+import httpcore
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from byoc_orch.auth import Guard
 from byoc_orch.forwarding import (
+    Answer,
+    Body,
+    Deadlines,
     Unreachable,
+    WorkerConnections,
     error_response,
+    exchange,
     forward,
-    relay,
+    framing,
     relay_stream,
     request_headers,
 )
@@ -74,6 +79,15 @@ def status_class(status: int) -> str:
 
 class BodyTooLarge(Exception):
     pass
+
+
+class WorkerBrokeOff(Exception):
+    """A worker's connection failed while its answer was being streamed to the client."""
+
+
+SESSION_ANSWER_LIMIT = 1024 * 1024
+"""Largest answer to a session call byoc-orch reads (status answers are a few hundred bytes)."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,21 +130,24 @@ class SessionProxy:
         resolve: Callable[[str], Target | None],
         deployments: Callable[[], Mapping[str, Deployment]],
         sessions: SessionTable,
-        http: httpx.AsyncClient,
+        connections: WorkerConnections,
         metrics: Metrics,
         connect_timeout: float,
         timeout: float,
         max_body_bytes: int,
+        max_passthrough_bytes: int,
         guard: Guard,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._resolve = resolve
         self._deployments = deployments
         self.sessions = sessions
-        self._http = http
+        self._connections = connections
         self._metrics = metrics
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._session_deadlines = Deadlines(connect_timeout, timeout, connect_timeout + timeout)
+        self._stream_deadlines = Deadlines(connect_timeout, timeout)
         self._max_body = max_body_bytes
+        self._max_passthrough = max_passthrough_bytes
         self._guard = guard
         self._clock = clock
         self._routes: dict[str, _Routes] = {}
@@ -244,7 +261,7 @@ class SessionProxy:
                 entry_id=target.deployment.entry_id,
                 pipeline=entry.pipeline,
                 model_id=entry.model_id,
-                capacity=worker.entry.capacity,
+                capacity=worker.entry.capacity - worker.requests,
                 now=self._clock(),
                 params=payload.get("params"),
                 request={
@@ -282,7 +299,7 @@ class SessionProxy:
                 )
         else:
             self.sessions.release(session_id)
-        return relay(upstream)
+        return upstream.response()
 
     async def _about_session(
         self, request: Request, target: Target, op: str, body: bytes
@@ -297,45 +314,44 @@ class SessionProxy:
             upstream = await self._send(
                 worker, "GET", f"{routes.prefix}/stream/status", request, b""
             )
-            return upstream.response() if isinstance(upstream, Unreachable) else relay(upstream)
+            return upstream.response()
         if op == "stop":
             upstream = await self._send(
                 worker, "POST", f"{routes.prefix}/stream/stop", request, body
             )
             if isinstance(upstream, Unreachable):
                 return upstream.response()
-            if session_id is not None and upstream.status_code < 500:
+            if session_id is not None and upstream.status < 500:
                 # 2xx: stopped. 4xx: the container has no such stream, so it is not running either.
                 self.sessions.end(
                     session_id,
                     EndReason.STOPPED,
                     self._clock(),
-                    None if upstream.is_success else f"container answered {upstream.status_code}",
+                    None if upstream.is_success else f"container answered {upstream.status}",
                 )
-            return relay(upstream)
+            return upstream.response()
         upstream = await self._send_params(worker, routes, request, body)
         if isinstance(upstream, Unreachable):
             return upstream.response()
         if upstream.is_success and session_id is not None:
             self.sessions.set_params(session_id, _params_of(body), self._clock())
-        return relay(upstream)
+        return upstream.response()
 
     async def _send_params(
         self, worker: Worker, routes: _Routes, request: Request, body: bytes
-    ) -> httpx.Response | Unreachable:
+    ) -> Answer | Unreachable:
         path = f"{routes.prefix}/stream/{routes.params_op}"
         upstream = await self._send(worker, "POST", path, request, body)
         if (
-            isinstance(upstream, httpx.Response)
-            and upstream.status_code in (404, 405)
+            isinstance(upstream, Answer)
+            and upstream.status in (404, 405)
             and routes.params_op == "params"
         ):
             # Some /api-generation workers only serve `update`: learn it once.
             retry = await self._send(
                 worker, "POST", f"{routes.prefix}/stream/update", request, body
             )
-            if isinstance(retry, Unreachable) or retry.status_code not in (404, 405):
-                await upstream.aclose()
+            if isinstance(retry, Unreachable) or retry.status not in (404, 405):
                 routes.params_op = "update"
                 return retry
         return upstream
@@ -389,10 +405,18 @@ class SessionProxy:
     def _live_ids(self, workers: Sequence[Worker]) -> list[str]:
         return [s.id for w in workers for s in self.sessions.live(w.worker_id)]
 
-    def _refuse(self, target: Target, refusal: Refusal, message: str | None = None) -> Response:
+    def _refuse(
+        self,
+        target: Target,
+        refusal: Refusal,
+        message: str | None = None,
+        *,
+        counter: Any = None,
+    ) -> Response:
         entry = target.deployment.entry
         reason = str(refusal.reason)
-        self._metrics.session_starts_refused.labels(entry.pipeline, entry.model_id, reason).inc()
+        counted = counter if counter is not None else self._metrics.session_starts_refused
+        counted.labels(entry.pipeline, entry.model_id, reason).inc()
         candidates = target.candidates()
         if message is None:
             if refusal.reason is RefusalReason.NOT_WARM:
@@ -404,9 +428,9 @@ class SessionProxy:
                 )
             else:
                 message = (
-                    f"{target.name} is at capacity ({refusal.in_use}/{refusal.capacity} sessions "
-                    f"over {refusal.routable} replica{'s' if refusal.routable != 1 else ''}); "
-                    "try another orchestrator"
+                    f"{target.name} is at capacity ({refusal.in_use}/{refusal.capacity} slots "
+                    f"in use over {refusal.routable} replica"
+                    f"{'s' if refusal.routable != 1 else ''}); try another orchestrator"
                 )
         details: dict[str, Any] = {
             "reason": reason,
@@ -429,30 +453,79 @@ class SessionProxy:
     # -- pass-through ---------------------------------------------------------------------------
 
     async def _passthrough(self, request: Request, target: Target, path: str) -> Response:
+        """Any other path: streamed to the least-loaded replica with a free slot and streamed
+        back, holding that slot until the answer has been sent (or the call fails)."""
         started = time.perf_counter()
+        declared = _declared_length(request)
+        if self._max_passthrough and declared is not None and declared > self._max_passthrough:
+            return self._observed("passthrough", started, self._passthrough_too_large())
+        choice = choose(target.loads())
+        if isinstance(choice, Refusal):
+            refused = self._refuse(target, choice, counter=self._metrics.requests_refused)
+            return self._observed("passthrough", started, refused)
+        worker = next(w for w in target.candidates() if w.worker_id == choice.worker_id)
+        worker.add_request(1)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                worker.add_request(-1)
+
+        has_body = declared is not None or "transfer-encoding" in request.headers
+        body: Body = self._limited(request.stream(), self._max_passthrough) if has_body else b""
         try:
-            body = await self._read_body(request)
+            upstream = await self._open(worker, request, "/" + path, body, declared)
         except BodyTooLarge:
-            return self._observed("passthrough", started, self._too_large())
+            release()
+            return self._observed("passthrough", started, self._passthrough_too_large())
         except ClientDisconnect:
+            release()
             return Response(status_code=499)
-        candidates = target.candidates()
-        routable = [w for w in candidates if w.routable]
-        if routable:
-            worker = min(routable, key=lambda w: (w.in_use, w.replica))
-        elif len(candidates) == 1:
-            worker = candidates[0]
-        else:
-            return self._observed(
-                "passthrough",
-                started,
-                self._refuse(target, Refusal(RefusalReason.NOT_WARM, 0, 0, 0)),
-            )
-        upstream = await self._send(worker, request.method, "/" + path, request, body, stream=True)
+        except BaseException:
+            release()
+            raise
         if isinstance(upstream, Unreachable):
+            release()
             return self._observed("passthrough", started, upstream.response())
-        self._observed_status("passthrough", started, upstream.status_code)
-        return relay_stream(upstream)
+        self._observed_status("passthrough", started, upstream.status)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_stream():
+                    yield chunk
+            except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException):
+                log.warning(
+                    "worker broke off its answer; the client's response ends as an error",
+                    worker_id=worker.worker_id,
+                    pipeline=worker.entry.pipeline,
+                    model_id=worker.entry.model_id,
+                    path="/" + path,
+                )
+                raise WorkerBrokeOff from None
+            finally:
+                await upstream.aclose()
+                release()
+
+        return relay_stream(upstream, chunks())
+
+    async def _limited(self, stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+        """The request body as it arrives, cut off with BodyTooLarge past `limit` (0: none)."""
+        size = 0
+        async for chunk in stream:
+            size += len(chunk)
+            if limit and size > limit:
+                raise BodyTooLarge
+            if chunk:
+                yield chunk
+
+    def _passthrough_too_large(self) -> Response:
+        return _error(
+            413,
+            f"request body is larger than {self._max_passthrough} bytes",
+            fix="send a smaller body or raise BYOC_ORCH_MAX_PASSTHROUGH_BYTES (0: no limit)",
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -488,16 +561,22 @@ class SessionProxy:
             found = _Routes(container_id, configured)
         else:
             found = _Routes(container_id, "")
+            origin = self._connections.origin(worker.upstream_url)
             for prefix in ("", "/api"):
-                try:
-                    reply = await self._http.get(
-                        f"{worker.upstream_url}{prefix}/stream/status",
-                        headers=request_headers({}, _token(worker)),
-                        timeout=self._timeout,
-                    )
-                except httpx.HTTPError:
+                reply = await exchange(
+                    self._connections,
+                    origin,
+                    "GET",
+                    f"{prefix}/stream/status",
+                    headers=request_headers((), _token(worker)),
+                    body=b"",
+                    deadlines=self._session_deadlines,
+                    what=worker.worker_id,
+                    limit=SESSION_ANSWER_LIMIT,
+                )
+                if isinstance(reply, Unreachable):
                     return found  # not remembered: ask again on the next call
-                if reply.status_code != 404:
+                if reply.status != 404:
                     found = _Routes(container_id, prefix)
                     break
             log.info(
@@ -512,26 +591,41 @@ class SessionProxy:
         return found
 
     async def _send(
-        self,
-        worker: Worker,
-        method: str,
-        path: str,
-        request: Request,
-        body: bytes,
-        *,
-        stream: bool = False,
-    ) -> httpx.Response | Unreachable:
-        query = request.url.query
-        answer = await forward(
-            self._http,
-            f"{worker.upstream_url}{path}" + (f"?{query}" if query else ""),
+        self, worker: Worker, method: str, path: str, request: Request, body: bytes
+    ) -> Answer | Unreachable:
+        """A session call: the whole answer, within the proxy timeout overall."""
+        answer = await exchange(
+            self._connections,
+            self._connections.origin(worker.upstream_url),
             method,
-            headers=request_headers(request.headers, _token(worker)),
+            _with_query(path, request),
+            headers=request_headers(request.scope["headers"], _token(worker)),
             body=body,
-            timeout=self._timeout,
-            stream=stream,
-            what=f"{worker.entry.capability} ({worker.worker_id}) {method} {path}",
+            deadlines=self._session_deadlines,
+            what=_what(worker, method, path),
+            limit=SESSION_ANSWER_LIMIT,
         )
+        return self._about(worker, answer)
+
+    async def _open(
+        self, worker: Worker, request: Request, path: str, body: Body, length: int | None
+    ) -> httpcore.Response | Unreachable:
+        """A pass-through call: the answer's head, its body left to stream."""
+        headers = request_headers(request.scope["headers"], _token(worker))
+        answer = await forward(
+            self._connections,
+            self._connections.origin(worker.upstream_url),
+            request.method,
+            _with_query(path, request),
+            headers=[*headers, *framing(body, length)],
+            body=body,
+            deadlines=self._stream_deadlines,
+            what=_what(worker, request.method, path),
+        )
+        return self._about(worker, answer)
+
+    @staticmethod
+    def _about(worker: Worker, answer: T) -> T:
         if isinstance(answer, Unreachable):
             answer.details.update(
                 worker_id=worker.worker_id,
@@ -562,6 +656,20 @@ class SessionProxy:
                 pipeline=session.pipeline,
                 model_id=session.model_id,
             )
+
+
+def _what(worker: Worker, method: str, path: str) -> str:
+    return f"{worker.entry.capability} ({worker.worker_id}) {method} {path}"
+
+
+def _with_query(path: str, request: Request) -> str:
+    query = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _token(worker: Worker) -> str | None:

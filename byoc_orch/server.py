@@ -63,6 +63,8 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
             log_config=None,
             access_log=settings.access_log,
             lifespan="off",
+            # Forwarded-for headers are never trusted: TRUSTED_NETWORKS must see the real peer.
+            proxy_headers=False,
             timeout_graceful_shutdown=3,
         )
     )

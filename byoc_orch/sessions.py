@@ -87,6 +87,8 @@ class SessionTable:
         keep_ended: int = 256,
     ) -> None:
         self._live: OrderedDict[str, Session] = OrderedDict()
+        self._by_worker: dict[str, dict[str, None]] = {}
+        """worker id → its live session ids, in start order."""
         self._ended: deque[Session] = deque(maxlen=keep_ended)
         self._on_count = on_count
         self._on_end = on_end
@@ -104,13 +106,18 @@ class SessionTable:
 
     def live(self, worker_id: str | None = None) -> list[Session]:
         """Starting and active sessions, oldest first."""
-        return [s for s in self._live.values() if worker_id is None or s.worker_id == worker_id]
+        if worker_id is None:
+            return list(self._live.values())
+        return [self._live[i] for i in self._by_worker.get(worker_id, ())]
+
+    def live_ids(self, worker_id: str) -> tuple[str, ...]:
+        return tuple(self._by_worker.get(worker_id, ()))
 
     def ended(self) -> list[Session]:
         return list(reversed(self._ended))
 
     def in_use(self, worker_id: str) -> int:
-        return sum(1 for s in self._live.values() if s.worker_id == worker_id)
+        return len(self._by_worker.get(worker_id, ()))
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -153,6 +160,7 @@ class SessionTable:
             request=request or {},
         )
         self._live[session_id] = session
+        self._by_worker.setdefault(worker_id, {})[session_id] = None
         self._count(worker_id)
         return session
 
@@ -170,6 +178,7 @@ class SessionTable:
         and no session is recorded."""
         session = self._live.pop(session_id, None)
         if session is not None:
+            self._unindex(session)
             self._count(session.worker_id)
 
     def set_params(self, session_id: str, params: Any, now: float) -> None:
@@ -183,6 +192,7 @@ class SessionTable:
         session = self._live.pop(session_id, None)
         if session is None:
             return None
+        self._unindex(session)
         ended = replace(
             session,
             state=SessionState.ENDED,
@@ -205,6 +215,13 @@ class SessionTable:
             for session in self.live(worker_id)
             if (ended := self.end(session.id, reason, now, detail)) is not None
         ]
+
+    def _unindex(self, session: Session) -> None:
+        held = self._by_worker.get(session.worker_id)
+        if held is not None:
+            held.pop(session.id, None)
+            if not held:
+                del self._by_worker[session.worker_id]
 
     def _count(self, worker_id: str) -> None:
         if self._on_count is not None:

@@ -154,7 +154,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,
-        description="Largest request body the session proxy accepts (larger: 413).",
+        description="Largest request body a session call (start, stop, params) may carry "
+        "(larger: 413); pass-through requests have their own limit.",
+    )
+    max_passthrough_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description=(
+            "Largest request body passed through to a worker on any path other than the "
+            "session calls (batch requests: images, audio, video), streamed, never held in "
+            "memory; larger: 413. 0: no limit."
+        ),
     )
     orch_url: str | None = Field(
         default=None,

@@ -74,7 +74,9 @@ class Worker:
         self.policy = policy
         self.proxy_url = proxy_url
         self.image_digest: str | None = None
-        self.in_use = 0
+        self.sessions = 0
+        self.requests = 0
+        """Pass-through (batch) requests in flight: each holds a slot, as a session does."""
         self.draining = False
         self.gpus: list[GpuInfo] | None = None
         """The host GPUs its container is given, when known (listed devices, or all)."""
@@ -136,12 +138,23 @@ class Worker:
         self.metrics.worker_capacity.labels(*self.labels).set(entry.capacity)
         self._publish()
 
-    def set_in_use(self, sessions: int) -> None:
+    @property
+    def in_use(self) -> int:
+        """Slots taken: live sessions and pass-through requests in flight."""
+        return self.sessions + self.requests
+
+    def set_sessions(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""
-        if sessions != self.in_use:
-            self.in_use = sessions
+        if sessions != self.sessions:
+            self.sessions = sessions
             self.metrics.sessions_active.labels(*self.labels).set(sessions)
             self._publish()
+
+    def add_request(self, delta: int) -> None:
+        """A pass-through request took (+1) or gave back (-1) a slot."""
+        self.requests += delta
+        self.metrics.requests_in_flight.labels(*self.labels).set(self.requests)
+        self._publish()
 
     def set_draining(self, draining: bool) -> None:
         """Draining: keep its sessions, take no new ones, and leave the advertised set."""
@@ -356,6 +369,8 @@ class Worker:
             "gpu_devices": self.gpu_devices,
             "capacity": entry.capacity,
             "in_use": self.in_use,
+            "sessions": self.sessions,
+            "requests_in_flight": self.requests,
             "free": max(entry.capacity - self.in_use, 0) if self.routable else 0,
             "restarts": status.restarts,
             "crash_streak": status.crash_streak,

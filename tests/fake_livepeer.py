@@ -11,6 +11,12 @@ core/external_capabilities.go, server/ai_http.go, ai/runner/live_runner.go):
 * `/capability/unregister`: same checks; the body is the raw name; always 200 "ok".
 * `POST /runners/heartbeat` and `POST /runners/{id}/unregister`: dynamic live runners with
   bootstrap and derived heartbeat secrets, TTL expiry, 401/404/400 as go-livepeer answers.
+* `POST /process/request/<path>`: a batch job forwarded as byoc/job_orchestrator.go's
+  processJob does it — the capability named in the base64 JSON `Livepeer` header (signature not
+  checked), `POST {url}/<path>` with the query dropped, the client's body raw, only its
+  `Content-Type` and the capability's token as `Authorization: Bearer`, `timeout_seconds` as
+  the deadline for the answer's headers; the worker's status and body come back (a connection
+  error or a 401 removes the capability and answers 500). Each forward is in `forwarded`.
 
 Every request is recorded with its monotonic time; `restart()` stops the server, forgets every
 capability and runner (as a go-livepeer restart does) and listens again on the same port.
@@ -19,6 +25,7 @@ capability and runner (as a go-livepeer restart does) and listens again on the s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -26,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 from tests.conftest import free_port
 
@@ -344,6 +353,7 @@ class FakeLivepeer:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_ttl = heartbeat_ttl
         self.calls: list[Call] = []
+        self.forwarded: list[dict[str, Any]] = []
         self.capabilities: dict[str, dict[str, Any]] = {}
         self._runners: dict[str, dict[str, Any]] = {}
         self._server: asyncio.Server | None = None
@@ -421,7 +431,10 @@ class FakeLivepeer:
                         headers.setdefault(name.strip().lower(), value.strip())
                 body = await self._read_body(reader, headers)
                 path = urlsplit(target).path
-                response = self._handle(method, path, headers.get("authorization", ""), body)
+                if path.startswith("/process/request/"):
+                    response = await self._process_job(method, path, headers, body)
+                else:
+                    response = self._handle(method, path, headers.get("authorization", ""), body)
                 self.calls.append(
                     Call(
                         time.monotonic(),
@@ -487,6 +500,42 @@ class FakeLivepeer:
         return _go_error("404 page not found", 404)
 
     # -------------------------------------------------------------- BYOC
+
+    async def _process_job(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> _Response:
+        if method != "POST":
+            return _go_error("Method not allowed", 405)
+        try:
+            job = json.loads(base64.b64decode(headers.get("livepeer", "")))
+            capability = self.capabilities[job["capability"]]
+        except (ValueError, KeyError, TypeError):
+            return _go_error("Could not verify job creds", 400)
+        rest = path[len("/process/request/") :]
+        url = capability["url"] + ("/" + rest if rest else "")
+        forward_headers = {"Content-Type": headers.get("content-type", "")}
+        if capability.get("token"):
+            forward_headers["Authorization"] = "Bearer " + capability["token"]
+        self.forwarded.append({"url": url, "authorization": forward_headers.get("Authorization")})
+        timeout = float(job.get("timeout_seconds") or 10)
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                reply = await client.post(
+                    url, content=body, headers=forward_headers, timeout=timeout
+                )
+        except httpx.TimeoutException:
+            return _go_error("Error sending request to worker", 500)
+        except httpx.HTTPError:
+            self.capabilities.pop(job["capability"], None)
+            return _go_error("Orchestrator worker failure", 500)
+        if reply.status_code == 401:
+            self.capabilities.pop(job["capability"], None)
+            return _go_error("Orchestrator worker failure", 500)
+        return _Response(
+            reply.status_code,
+            reply.content,
+            content_type=reply.headers.get("content-type", "application/octet-stream"),
+        )
 
     def _register(self, method: str, auth: str, body: bytes) -> _Response | None:
         if method != "POST":

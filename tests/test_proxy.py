@@ -384,12 +384,21 @@ async def test_without_a_token_session_calls_are_open(harness: Harness, instance
 # -- without the engine: external workers on loopback ---------------------------------------
 
 
+HEALTHY = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"status": "ok"}'
+
+
 async def _silent_server() -> tuple[asyncio.Server, int]:
-    """Accepts connections and never answers: the proxy's timeout must fire."""
+    """Healthy, but never answers anything else: the proxy's timeout must fire."""
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
-            await reader.read()
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"GET /health"):
+                    await reader.read()
+                    break
+                writer.write(HEALTHY)
+                await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
@@ -404,7 +413,12 @@ async def test_unreachable_worker_is_502_and_a_silent_one_504(tmp_path: Any) -> 
     dead_port = free_port()
     entries = [
         {"pipeline": "p", "model_id": "dead", "url": f"http://127.0.0.1:{dead_port}"},
-        {"pipeline": "p", "model_id": "silent", "url": f"http://127.0.0.1:{silent_port}"},
+        {
+            "pipeline": "p",
+            "model_id": "silent",
+            "url": f"http://127.0.0.1:{silent_port}",
+            "warm": True,
+        },
     ]
     settings = Settings(
         instance=f"t{uuid.uuid4().hex[:8]}",
@@ -415,6 +429,7 @@ async def test_unreachable_worker_is_502_and_a_silent_one_504(tmp_path: Any) -> 
     daemon = Daemon(settings, models)
     await daemon.start()
     try:
+        await warm(daemon, by_model(daemon, "silent"))
         async with api(daemon) as client:
             dead = await client.get(f"/proxy/{by_model(daemon, 'dead').worker_id}/stream/status")
             assert dead.status_code == 502
@@ -448,6 +463,10 @@ async def test_worker_cookies_are_relayed_not_kept(tmp_path: Any) -> None:
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"cookie:")
             ]
+            if head.startswith(b"GET /health"):
+                writer.write(HEALTHY)
+                await writer.drain()
+                continue
             seen.append(cookie[0] if cookie else "")
             writer.write(
                 b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\n"
@@ -458,12 +477,15 @@ async def test_worker_cookies_are_relayed_not_kept(tmp_path: Any) -> None:
     server = await asyncio.start_server(cookie_server, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     models = parse_models(
-        json.dumps([{"pipeline": "p", "model_id": "c", "url": f"http://127.0.0.1:{port}"}]),
+        json.dumps(
+            [{"pipeline": "p", "model_id": "c", "url": f"http://127.0.0.1:{port}", "warm": True}]
+        ),
         source="test",
     )
     daemon = Daemon(Settings(instance=f"t{uuid.uuid4().hex[:8]}", port=free_port()), models)
     await daemon.start()
     try:
+        await warm(daemon, only(daemon))
         async with api(daemon) as client:
             worker_id = only(daemon).worker_id
             first = await client.get(f"/proxy/{worker_id}/v1/thing")

@@ -12,6 +12,7 @@ Operators can read it as a minimal example of what a BYOC worker must serve.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -19,11 +20,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 # Health states, as pytrickle / ai-runner spell them.
 LOADING, IDLE, OK, ERROR = "LOADING", "IDLE", "OK", "ERROR"
@@ -109,6 +110,8 @@ class Worker:
         self.stream: dict[str, Any] | None = None  # the start body of the running stream
         self.last_params: dict[str, Any] | None = None
         self.calls: list[dict[str, Any]] = []
+        self.aborts: list[dict[str, Any]] = []
+        """Streamed answers the client went away from (seen as a failed write)."""
         prefixes = {"both": ("/stream", "/api/stream"), "stream": ("/stream",)}
         self.prefixes = prefixes.get(config.routes, ("/api/stream",))
 
@@ -225,6 +228,10 @@ class Handler(BaseHTTPRequestHandler):
                 msg = f"Method {self.command} not allowed on /health"
                 self._send(405, {"status": "error", "message": msg}, {"Allow": "GET"})
             return
+        batch = BATCH_ROUTES.get((self.command, path))
+        if batch is not None:
+            batch(self, app, parse_qs(url.query))
+            return
         raw = self._read_body()
         status, body, headers = self._route(app, path, url.query, raw)
         if not path.startswith("/_demo/"):
@@ -260,6 +267,7 @@ class Handler(BaseHTTPRequestHandler):
             return 200, self._echo(path, query, raw), {"X-Demo-Echo": "1"}
         demo: dict[tuple[str, str], Callable[[], Reply]] = {
             ("GET", "/_demo/calls"): lambda: (200, list(app.calls)),
+            ("GET", "/_demo/aborts"): lambda: (200, list(app.aborts)),
             ("POST", "/_demo/reset"): lambda: _reset(app),
             ("GET", "/_demo/info"): lambda: (200, _info(app)),
         }
@@ -373,6 +381,122 @@ class Handler(BaseHTTPRequestHandler):
             "body": text,
             "json": parsed,
         }
+
+
+# --- batch routes: bodies and answers streamed, never held whole -------------------------------
+
+
+def _body_chunks(handler: Handler) -> Iterator[bytes]:
+    """The request body piece by piece, sized or chunked."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        while size := int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            yield handler.rfile.read(size)
+            handler.rfile.readline()
+        while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        return
+    left = int(handler.headers.get("Content-Length") or 0)
+    while left > 0:
+        chunk = handler.rfile.read(min(left, 1 << 16))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def pattern(size: int) -> Iterator[bytes]:
+    """`size` deterministic bytes in 64 KiB pieces (tests compute the same sha256)."""
+    block = bytes(range(256)) * 256
+    while size > 0:
+        piece = block[: min(size, len(block))]
+        size -= len(piece)
+        yield piece
+
+
+def _number(query: dict[str, list[str]], name: str, default: float) -> float:
+    try:
+        return float(query.get(name, [default])[0])
+    except ValueError:
+        return default
+
+
+def _batch_sha256(handler: Handler, app: Worker, query: dict[str, list[str]]) -> None:
+    """POST /v1/sha256: hash the body as it arrives."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in _body_chunks(handler):
+        digest.update(chunk)
+        size += len(chunk)
+    app.record({"ts": time.time(), "method": "POST", "path": "/v1/sha256", "bytes": size})
+    handler._send(200, {"sha256": digest.hexdigest(), "bytes": size})
+
+
+def _batch_bytes(handler: Handler, app: Worker, query: dict[str, list[str]]) -> None:
+    """GET /v1/bytes?n=N&delay=S: N pattern bytes, S seconds apart per 64 KiB, sized."""
+    size, delay = int(_number(query, "n", 0)), _number(query, "delay", 0.0)
+    digest = hashlib.sha256()
+    for piece in pattern(size):
+        digest.update(piece)
+    app.record({"ts": time.time(), "method": "GET", "path": "/v1/bytes", "bytes": size})
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(size))
+    handler.send_header("X-Demo-Sha256", digest.hexdigest())
+    handler.end_headers()
+    sent = 0
+    try:
+        for piece in pattern(size):
+            handler.wfile.write(piece)
+            sent += len(piece)
+            if delay:
+                handler.wfile.flush()
+                time.sleep(delay)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        app.aborts.append({"path": "/v1/bytes", "sent": sent, "error": type(exc).__name__})
+        emit("aborted", path="/v1/bytes", sent=sent)
+        handler.close_connection = True
+
+
+def _batch_sse(handler: Handler, app: Worker, query: dict[str, list[str]]) -> None:
+    """GET /v1/sse?events=N&interval=S: N server-sent events S seconds apart, chunked."""
+    events, interval = int(_number(query, "events", 5)), _number(query, "interval", 0.4)
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    sent: list[float] = []
+    try:
+        for n in range(events):
+            if n:
+                time.sleep(interval)
+            data = f"id: {n}\ndata: {json.dumps({'n': n, 'ts': time.time()})}\n\n".encode()
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            handler.wfile.flush()
+            sent.append(time.time())
+        handler.wfile.write(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        app.aborts.append({"path": "/v1/sse", "sent": len(sent), "error": type(exc).__name__})
+        handler.close_connection = True
+    app.record({"ts": time.time(), "method": "GET", "path": "/v1/sse", "sent": sent})
+
+
+def _batch_sleep(handler: Handler, app: Worker, query: dict[str, list[str]]) -> None:
+    """POST /v1/sleep?seconds=S: a slow batch job (the body is read first)."""
+    for _chunk in _body_chunks(handler):
+        pass
+    started = time.time()
+    app.record({"ts": started, "method": "POST", "path": "/v1/sleep"})
+    time.sleep(_number(query, "seconds", 1.0))
+    handler._send(200, {"slept_from": started, "until": time.time()})
+
+
+BatchHandler = Callable[["Handler", Worker, dict[str, list[str]]], None]
+BATCH_ROUTES: dict[tuple[str, str], BatchHandler] = {
+    ("POST", "/v1/sha256"): _batch_sha256,
+    ("GET", "/v1/bytes"): _batch_bytes,
+    ("GET", "/v1/sse"): _batch_sse,
+    ("POST", "/v1/sleep"): _batch_sleep,
+}
 
 
 def _is_x(name: str) -> bool:
