@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     proxy_timeout: float = Field(
         default=60.0,
         gt=0,
-        description="Seconds a proxied call may wait for the worker's answer (then 504).",
+        description="Seconds a session call may take in all, and a pass-through request may "
+        "wait for its answer to start or between two pieces of it (then 504).",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,
