@@ -13,8 +13,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import os
 import posixpath
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,9 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -47,7 +52,9 @@ if TYPE_CHECKING:
     from byoc_orch.placement import GpuPool, ReplicaSlot
 
 __all__ = [
+    "CAPABILITIES",
     "DEFAULT_CONTAINER_PORT",
+    "DROPPED_CAPABILITIES",
     "GO_LIVEPEER_FIELDS",
     "GpuRequest",
     "ModelEntry",
@@ -58,6 +65,7 @@ __all__ = [
     "load_models",
     "loopback_port",
     "parse_models",
+    "redact_url",
     "worker_id",
 ]
 
@@ -93,12 +101,14 @@ CONTAINER_ONLY_FIELDS = frozenset(
         "pid_mode",
         "replicas",
         "replicas_per_gpu",
+        "cap_add",
+        "memory",
+        "cpus",
     }
 )
 ENV_SET_BY_BYOC_ORCH = ("PIPELINE", "MODEL_ID")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 _EXTERNAL_LOOPBACK_HOSTS = LOOPBACK_HOSTS | {"::1"}
-_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s?([kmgtp])?i?b?", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -107,6 +117,66 @@ _GPUS_FIX = 'use "all", a count such as 2, a list of device indexes or UUIDs suc
 MAX_REPLICAS = 64
 MAX_REPLICAS_PER_GPU = 16
 MAX_PORT = 65535
+# Bounds on what one file may hold, so no input can exhaust the parser or the host.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+MAX_NUMBER_CHARS = 100
+MAX_ENTRIES = 1024
+# Bounds on numbers that have no natural limit; each is far past any real use.
+MAX_CAPACITY = 10_000
+MAX_GPU_COUNT = 1024
+MAX_STARTUP_TIMEOUT = 7 * 24 * 3600
+MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a memory limit below 6 MiB.
+MAX_SIZE_BYTES = 1 << 44  # 16 TiB, for shm_size and memory.
+MAX_CPUS = 1024
+# Linux capabilities (capabilities(7)), as Docker names them: without the CAP_ prefix.
+CAPABILITIES = frozenset(
+    {
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYSLOG",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "WAKE_ALARM",
+    }
+)
+# Docker's default capabilities that byoc-orch drops; cap_add may give these back freely.
+DROPPED_CAPABILITIES = ("NET_RAW", "MKNOD", "SYS_CHROOT", "AUDIT_WRITE")
 _REPLICAS_FIX = f'use a count from 1 to {MAX_REPLICAS}, or "per-gpu" for one replica per GPU'
 _HOST_ACCESS_FIX = (
     'set "allow_host_access": true on this entry if you trust the image with the host, or remove it'
@@ -162,9 +232,12 @@ class _Issue(NamedTuple):
     fix: str
 
 
-def _invalid(message: str, fix: str) -> PydanticCustomError:
-    """A validation error that carries its fix, so the loader can report both."""
-    return PydanticCustomError("byoc_orch", "{message}", {"message": message, "fix": fix})
+def _invalid(message: str, fix: str, at: Loc = ()) -> PydanticCustomError:
+    """A validation error that carries its fix, so the loader can report both; ``at`` is where
+    inside the field's value the problem is (a list position, a key)."""
+    return PydanticCustomError(
+        "byoc_orch", "{message}", {"message": message, "fix": fix, "at": at}
+    )
 
 
 # --------------------------------------------------------------------------- field types
@@ -210,6 +283,70 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _secret_not_blank(value: SecretStr) -> SecretStr:
+    """A blank token would be sent as "Bearer " and refused by every worker that checks one."""
+    if not value.get_secret_value().strip():
+        raise _invalid(
+            "is empty or only whitespace, so the worker would get no usable token",
+            'give the worker\'s token, or remove "token" to send none',
+        )
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CHARACTER_FIX = {
+    "nul": "remove it: a NUL cannot be passed on in a container's environment, command or "
+    "mounts, nor in an HTTP header",
+    "surrogate": "write the character itself, or a complete \\uXXXX\\uXXXX surrogate pair",
+}
+
+
+def _bad_text(text: str) -> tuple[str, str] | None:
+    """What is wrong with a string no container, path or header can carry, and its fix."""
+    if "\0" in text:
+        return "contains a NUL character (\\u0000)", _CHARACTER_FIX["nul"]
+    surrogate = _SURROGATE.search(text)
+    if surrogate is not None:
+        code = f"\\u{ord(surrogate.group()):04x}"
+        return (
+            f"contains an unpaired surrogate ({code}), which is not a character",
+            _CHARACTER_FIX["surrogate"],
+        )
+    return None
+
+
+def _bad_characters(value: object) -> Iterator[_Issue]:
+    """Every string in ``value``, keys included, that holds a NUL or an unpaired surrogate."""
+    stack: list[tuple[Loc, object]] = [((), value)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, str):
+            found = _bad_text(item)
+            if found is not None:
+                yield _Issue(loc, *found)
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                stack.append(((*loc, key), child))
+            for key in item:
+                found = _bad_text(key) if isinstance(key, str) else None
+                if found is not None:
+                    yield _Issue((*loc, key), f"the key {found[0]}", found[1])
+        elif isinstance(item, list | tuple):
+            stack.extend(((*loc, index), child) for index, child in reversed(list(enumerate(item))))
+
+
+def redact_url(url: str) -> str:
+    """``url`` for showing: any ``user:password@`` before the host becomes ``***@``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at == -1:
+        return url
+    return f"{scheme}://***@{rest[at + 1 :]}"
+
+
 def _rational(value: object) -> Fraction:
     """Read a number the way go-livepeer's JSONRat does: a bare JSON number, never a string."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -218,6 +355,8 @@ def _rational(value: object) -> Fraction:
             "write a bare number such as 0.5 or 1200; go-livepeer's JSONRat refuses quoted "
             "values, so it would reject the whole file",
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _invalid(f"{value} is not a finite number", "write a finite number such as 0.5")
     return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
 
 
@@ -230,10 +369,17 @@ def _non_negative(value: Fraction) -> Fraction:
 def _positive_integer(value: Fraction) -> Fraction:
     if value.denominator != 1 or value <= 0:
         raise _invalid(
-            f"must be a positive whole number, got {float(value):g}",
+            f"must be a positive whole number, got {_show_number(value)}",
             "use a positive integer such as 1; go-livepeer refuses anything else",
         )
     return value
+
+
+def _show_number(value: Fraction) -> str:
+    try:
+        return f"{float(value):g}"
+    except OverflowError:
+        return str(value)
 
 
 # The number check sits outside the Optional because JSONRat refuses null as well.
@@ -278,15 +424,16 @@ def _env_names(mapping: dict[str, Any]) -> dict[str, Any]:
 
 def _check_url(value: str) -> str:
     fix = 'write a full address such as "http://127.0.0.1:8001"'
+    shown = json.dumps(redact_url(value))
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        raise _invalid(f"{json.dumps(value)} is not a valid URL ({exc})", fix) from None
+        raise _invalid(f"{shown} is not a valid URL ({exc})", fix) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid(f"{json.dumps(value)} is not an http:// or https:// URL with a host", fix)
+        raise _invalid(f"{shown} is not an http:// or https:// URL with a host", fix)
     if port == 0:
-        raise _invalid(f"{json.dumps(value)} has port 0", "use a port between 1 and 65535")
+        raise _invalid(f"{shown} has port 0", "use a port between 1 and 65535")
     return value
 
 
@@ -306,8 +453,13 @@ def _check_gpus(value: object) -> object:
     if value in ("all", "none"):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        if value >= 1:
+        if 1 <= value <= MAX_GPU_COUNT:
             return value
+        if value > MAX_GPU_COUNT:
+            raise _invalid(
+                f"a GPU count must be at most {MAX_GPU_COUNT}, got {_describe(value)}",
+                "use the number of GPUs each container needs, e.g. 1",
+            )
         fix = 'use "none" for no GPUs' if value == 0 else _GPUS_FIX
         raise _invalid(f"a GPU count must be at least 1, got {value}", fix)
     if isinstance(value, list):
@@ -325,7 +477,11 @@ def _check_gpu_list(devices: list[object]) -> list[object]:
     if not devices:
         raise _invalid("the device list is empty", 'use "none" for no GPUs, or list devices')
     for device in devices:
-        is_index = isinstance(device, int) and not isinstance(device, bool) and device >= 0
+        is_index = (
+            isinstance(device, int)
+            and not isinstance(device, bool)
+            and 0 <= device < MAX_GPU_COUNT
+        )
         is_uuid = isinstance(device, str) and bool(device) and not re.search(r"[\s,]", device)
         if not (is_index or is_uuid):
             raise _invalid(
@@ -340,8 +496,10 @@ def _check_gpu_list(devices: list[object]) -> list[object]:
 
 GpuSpec = Annotated[
     Literal["all", "none"]
-    | Annotated[int, Field(ge=1)]
-    | Annotated[list[Annotated[int, Field(ge=0)] | str], Field(min_length=1)],
+    | Annotated[int, Field(ge=1, le=MAX_GPU_COUNT)]
+    | Annotated[
+        list[Annotated[int, Field(ge=0, lt=MAX_GPU_COUNT)] | str], Field(min_length=1)
+    ],
     BeforeValidator(_check_gpus),
 ]
 
@@ -401,23 +559,123 @@ def _parse_size(value: object) -> object:
             f"{json.dumps(value)} is not a size",
             'use a byte count or a number with a unit, e.g. "512m" or "2g"',
         )
+    number = match.group(1)
+    if len(number) > 30:
+        raise _invalid(
+            f"the size has {len(number)} digits, far more than any memory",
+            'use a byte count or a number with a unit, e.g. "512m" or "2g"',
+        )
     unit = match.group(2).lower() if match.group(2) else None
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return int(Fraction(number) * _SIZE_UNITS[unit])
 
+
+def _show_bytes(size: int) -> str:
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= unit:
+            return f"{size / unit:.4g} {name}"
+    return f"{size} bytes"
+
+
+def _size_bounds(value: int, *, minimum: int, why: str) -> int:
+    if value < minimum:
+        raise _invalid(
+            f"must be at least {_show_bytes(minimum)}{why}, got {_show_bytes(value)}",
+            f"use {_show_bytes(minimum)} or more, e.g. \"512m\" or \"8g\"",
+        )
+    if value > MAX_SIZE_BYTES:
+        raise _invalid(
+            f"must be at most {_show_bytes(MAX_SIZE_BYTES)}, got {_show_bytes(value)}",
+            'use a size this host can give, e.g. "512m" or "8g"',
+        )
+    return value
+
+
+_SIZE_PATTERN = r"^\d+(\.\d+)?\s?[kKmMgGtTpP]?[iI]?[bB]?$"
 
 ShmSize = Annotated[
     int,
     BeforeValidator(_parse_size),
     Field(ge=1),
+    AfterValidator(partial(_size_bounds, minimum=1, why="")),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": r"^\d+(\.\d+)?\s?[kKmMgGtTpP]?[iI]?[bB]?$"},
+                {"type": "integer", "minimum": 1, "maximum": MAX_SIZE_BYTES},
+                {"type": "string", "pattern": _SIZE_PATTERN},
             ]
         }
     ),
 ]
+Memory = Annotated[
+    int,
+    BeforeValidator(_parse_size),
+    AfterValidator(
+        partial(_size_bounds, minimum=MIN_MEMORY, why=" (Docker refuses a smaller limit)")
+    ),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": MIN_MEMORY, "maximum": MAX_SIZE_BYTES},
+                {"type": "string", "pattern": _SIZE_PATTERN},
+            ]
+        }
+    ),
+]
+
+
+def _check_capabilities(value: object) -> object:
+    """Names as Docker takes them: upper case, without CAP_; "cap_net_raw" is NET_RAW."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise _invalid(
+            f"expected an array of capability names, got {_describe(value)}",
+            'write a list, e.g. ["NET_RAW"]',
+        )
+    names: list[str] = []
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _invalid(
+                f"expected a capability name, got {_describe(item)}",
+                'write names such as "NET_RAW"',
+                (position,),
+            )
+        name = item.strip().upper()
+        name = name.removeprefix("CAP_")
+        if name != "ALL" and name not in CAPABILITIES:
+            close = difflib.get_close_matches(name, sorted(CAPABILITIES), n=1, cutoff=0.75)
+            hint = f"did you mean {json.dumps(close[0])}? " if close else ""
+            raise _invalid(
+                f"{_describe(item)} is not a Linux capability",
+                f"{hint}use one of {', '.join(sorted(CAPABILITIES))} (with or without CAP_)",
+                (position,),
+            )
+        if name in names:
+            raise _invalid(f"{name} is listed twice", "list each capability once", (position,))
+        names.append(name)
+    return tuple(names)
+
+
+CapAdd = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_check_capabilities),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[A-Za-z_]+$"},
+        }
+    ),
+]
+
+
+def _check_capacity(value: int) -> int:
+    if value > MAX_CAPACITY:
+        raise _invalid(
+            f"must be at most {MAX_CAPACITY}, got {_describe(value)}: capacity is the sessions "
+            "one container (each replica) serves at once, not a total",
+            "use what one container can really serve, e.g. 1; for more sessions, add replicas",
+        )
+    return value
 
 
 def _check_health_path(value: str) -> str:
@@ -486,20 +744,22 @@ class ModelEntry(BaseModel):
         "published on, on 127.0.0.1 only. Without container, byoc-orch only health-polls, "
         "advertises and proxies this address (an external worker).",
     )
-    token: SecretStr | None = Field(
+    token: Annotated[SecretStr, AfterValidator(_secret_not_blank)] | None = Field(
         default=None,
         description="go-livepeer: secret sent to the worker as 'Authorization: Bearer'. "
-        "Never logged or shown.",
+        "Never logged or shown; must not be empty or whitespace.",
     )
     warm: bool = Field(
         default=False,
         description="go-livepeer: true = start it with the daemon and keep it running; false = "
         "known but not started or advertised (cold).",
     )
-    capacity: int = Field(
+    capacity: Annotated[int, AfterValidator(_check_capacity)] = Field(
         default=1,
         ge=1,
-        description="go-livepeer: concurrent sessions this worker takes.",
+        json_schema_extra={"maximum": MAX_CAPACITY},
+        description="go-livepeer: concurrent sessions this worker takes; with replicas, per "
+        f"replica (at most {MAX_CAPACITY}).",
     )
     optimization_flags: FlagMap = Field(
         default_factory=dict,
@@ -587,15 +847,34 @@ class ModelEntry(BaseModel):
         description="Where the worker serves its stream routes: '' (/stream/start, pytrickle "
         ">= 0.1.5), '/api' (/api/stream/start, older workers), or 'auto' to detect it.",
     )
-    startup_timeout: Annotated[float, Field(gt=0)] | None = Field(
+    startup_timeout: Annotated[float, Field(gt=0, le=MAX_STARTUP_TIMEOUT)] | None = Field(
         default=None,
         description="Seconds the worker may take to become healthy before the start counts "
-        "as failed (default: the daemon's setting).",
+        f"as failed, at most {MAX_STARTUP_TIMEOUT} (a week); default: the daemon's setting.",
+    )
+    cap_add: CapAdd = Field(
+        default=(),
+        description="Linux capabilities to add, e.g. [\"NET_RAW\"] (with or without CAP_, any "
+        "case). byoc-orch drops " + ", ".join(DROPPED_CAPABILITIES) + " from Docker's "
+        "default set; adding one of those back is free, any other needs allow_host_access.",
+    )
+    memory: Memory | None = Field(
+        default=None,
+        description="Memory limit of each container: bytes, or a string such as '8g' or "
+        "'512m'; at least 6m (Docker's minimum). Default: no limit.",
+    )
+    cpus: Annotated[float, Field(gt=0, le=MAX_CPUS)] | None = Field(
+        default=None,
+        description=f"CPUs each container may use, e.g. 2 or 0.5 (more than 0, at most "
+        f"{MAX_CPUS}). Default: no limit.",
     )
     allow_host_access: bool = Field(
         default=False,
-        description="Must be true for privileged, network_mode host, pid_mode host or a "
-        "Docker socket mount: each gives the container control of the host.",
+        description="Must be true for privileged, network_mode host, pid_mode host, a "
+        "capability in cap_add other than those byoc-orch drops, or a volume whose host path "
+        "(after resolving symlinks) is, holds or lies inside the Docker or containerd socket "
+        "or their directories, /proc, /sys, /dev or /, or is /etc or under it mounted "
+        "writable: each gives the container control of the host.",
     )
     privileged: bool = Field(
         default=False, description="Run the container privileged (needs allow_host_access)."
@@ -622,9 +901,22 @@ class ModelEntry(BaseModel):
             return {**data, "gpus": 1}
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _carriable_text(cls, value: Any) -> Any:
+        """No NUL or unpaired surrogate anywhere: a container, a path or a header can't hold one
+        (`parse_models` reports each of them before the model sees the entry)."""
+        for issue in _bad_characters(value):
+            raise _invalid(issue.message, issue.fix, issue.loc)
+        return value
+
     @model_validator(mode="after")
-    def _entry_rules(self) -> Self:
-        issues = _entry_issues(self)
+    def _entry_rules(self, info: ValidationInfo) -> Self:
+        context = info.context if isinstance(info.context, dict) else {}
+        host_paths = context.get(_HOST_PATHS_CONTEXT)
+        if not isinstance(host_paths, _HostPaths):
+            host_paths = _HostPaths.for_engine(None)
+        issues = _entry_issues(self, host_paths)
         if issues:
             summary = "; ".join(f"{_render_loc(i.loc)}: {i.message}" for i in issues)
             raise PydanticCustomError(
@@ -691,7 +983,7 @@ def _asks_for_replicas(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 1
 
 
-def _entry_issues(entry: ModelEntry) -> list[_Issue]:
+def _entry_issues(entry: ModelEntry, host_paths: _HostPaths) -> list[_Issue]:
     """Rules that involve more than one field of an entry."""
     issues: list[_Issue] = []
     if entry.container is None and entry.url is None:
@@ -707,7 +999,7 @@ def _entry_issues(entry: ModelEntry) -> list[_Issue]:
         url_issues = _managed_url_issues(entry)
         issues += url_issues
         issues += _replica_issues(entry, check_ports=not url_issues)
-    issues += _host_access_issues(entry)
+    issues += _host_access_issues(entry, host_paths)
     issues += _env_collisions(entry)
     return issues
 
@@ -738,8 +1030,9 @@ def _managed_url_issues(entry: ModelEntry) -> list[_Issue]:
         return [
             _Issue(
                 ("url",),
-                f"{json.dumps(entry.url)} must be exactly http://127.0.0.1:PORT (an explicit "
-                "port, plain http, no path): the port is where the container is published",
+                f"{json.dumps(redact_url(entry.url))} must be exactly http://127.0.0.1:PORT (an "
+                "explicit port, plain http, no path): the port is where the container is "
+                "published",
                 f'use "{suggestion}"',
             )
         ]
@@ -804,7 +1097,7 @@ def _replica_issues(entry: ModelEntry, *, check_ports: bool) -> list[_Issue]:
     return issues
 
 
-def _host_access_issues(entry: ModelEntry) -> list[_Issue]:
+def _host_access_issues(entry: ModelEntry, host_paths: _HostPaths) -> list[_Issue]:
     if entry.allow_host_access:
         return []
     issues: list[_Issue] = []
@@ -824,26 +1117,188 @@ def _host_access_issues(entry: ModelEntry) -> list[_Issue]:
         issues.append(
             _Issue(("pid_mode",), "pid_mode host shares the host's processes", _HOST_ACCESS_FIX)
         )
+    for index, capability in enumerate(entry.cap_add):
+        found = _capability_issue(capability)
+        if found is not None:
+            issues.append(_Issue(("cap_add", index), *found))
     for index, volume in enumerate(entry.volumes):
-        host = volume.split(":", 1)[0]
-        if _exposes_docker_socket(host):
-            issues.append(
-                _Issue(
-                    ("volumes", index),
-                    f"{json.dumps(host)} exposes the Docker socket, which gives the container "
-                    "root on the host",
-                    _HOST_ACCESS_FIX,
-                )
-            )
+        found = _volume_exposure(volume, host_paths)
+        if found is not None:
+            issues.append(_Issue(("volumes", index), *found))
     return issues
 
 
-def _exposes_docker_socket(host_path: str) -> bool:
-    path = posixpath.normpath(host_path)
-    if path.endswith("docker.sock"):
-        return True
-    prefix = path.rstrip("/") + "/"
-    return any(socket.startswith(prefix) for socket in _DOCKER_SOCKETS)
+# Docker's default capability set (moby's oci/caps/defaults.go).
+_DOCKER_DEFAULT_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
+
+
+def _capability_issue(capability: str) -> tuple[str, str] | None:
+    """Why adding ``capability`` needs allow_host_access, with the fix; None when it doesn't."""
+    if capability in DROPPED_CAPABILITIES:
+        return None
+    given_back = ", ".join(DROPPED_CAPABILITIES)
+    if capability == "ALL":
+        return "ALL gives the container every capability, as much as privileged", _HOST_ACCESS_FIX
+    if capability in _DOCKER_DEFAULT_CAPABILITIES:
+        return (
+            f"{capability} is already in Docker's default set; without allow_host_access "
+            f"cap_add may only give back what byoc-orch drops ({given_back})",
+            'remove it (the container has it already), or set "allow_host_access": true',
+        )
+    return (
+        f"{capability} is beyond Docker's default capabilities and widens what the container "
+        f"may do to the host; without allow_host_access cap_add may only give back what "
+        f"byoc-orch drops ({given_back})",
+        _HOST_ACCESS_FIX,
+    )
+
+
+_DEFAULT_ENGINE_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+_CONTAINERD_DIRS = ("/run/containerd", "/var/run/containerd")
+_KERNEL_PATHS = (
+    ("/proc", "the host's processes and kernel settings"),
+    ("/sys", "the host's kernel and device settings"),
+    ("/dev", "the host's devices"),
+)
+_HOST_PATHS_CONTEXT = "byoc_orch.host_paths"
+_VOLUME_FIX = (
+    'set "allow_host_access": true on this entry if you trust the image with the host, or '
+    "mount another path"
+)
+
+
+def _plain(path: str) -> str:
+    """``path`` without '..', '.' or repeated slashes (POSIX keeps a leading '//'; Linux
+    doesn't)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _resolved(path: str) -> str:
+    """``path`` as this host resolves it: symlinks followed, '..' and repeated slashes gone."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError, RecursionError):
+        real = posixpath.normpath(path)
+    return "/" + real.lstrip("/")
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _engine_socket_path(engine_socket: str | None) -> str | None:
+    """The unix socket path of a Docker endpoint: a path, or a unix:// URL; None for others."""
+    if not engine_socket:
+        return None
+    if engine_socket.startswith("unix://"):
+        engine_socket = engine_socket.removeprefix("unix://")
+    if not engine_socket.startswith("/") or _bad_text(engine_socket) is not None:
+        return None
+    return engine_socket
+
+
+@dataclass(frozen=True, slots=True)
+class _HostPaths:
+    """The Docker engine sockets a volume may not reach without allow_host_access: the default
+    ones and the configured one, each as written and as this host resolves it."""
+
+    sockets: tuple[str, ...]
+
+    @classmethod
+    def for_engine(cls, engine_socket: str | None) -> _HostPaths:
+        configured = _engine_socket_path(engine_socket)
+        candidates = ([configured] if configured else []) + list(_DEFAULT_ENGINE_SOCKETS)
+        sockets: list[str] = []
+        for candidate in candidates:
+            for form in (_resolved(candidate), _plain(candidate)):
+                if form not in sockets:
+                    sockets.append(form)
+        return cls(tuple(sockets))
+
+
+def _volume_exposure(volume: str, host_paths: _HostPaths) -> tuple[str, str] | None:
+    """Why mounting ``volume`` hands the container the host, with the fix; None when it
+    doesn't. The host path is checked as written and as it resolves here (symlinks, '..',
+    '//'), so a symlink to the engine socket or the directory holding it counts as the socket.
+    """
+    parts = volume.split(":")
+    host = parts[0]
+    writable = len(parts) < 3 or parts[2] == "rw"
+    resolved = _resolved(host)
+    forms = [(resolved, "resolves to")]
+    if _plain(host) != resolved:
+        forms.append((_plain(host), "is written as"))
+    shown = json.dumps(host)
+
+    def reach(form: str, target: str) -> str | None:
+        if form == target:
+            return target
+        if _within(form, target):
+            return f"{form}, inside {target}"
+        if _within(target, form):
+            return f"{form}, which holds {target}"
+        return None
+
+    for form, verb in forms:
+        for socket in host_paths.sockets:
+            where = reach(form, socket)
+            if where is not None and (form == socket or _within(socket, form)):
+                return (
+                    f"{shown} exposes the Docker socket: it {verb} {where}, the Docker engine "
+                    "socket, which gives the container root on the host",
+                    _VOLUME_FIX,
+                )
+        if form.endswith("docker.sock"):
+            return (
+                f"{shown} exposes the Docker socket: it {verb} {form}, named like a Docker "
+                "engine socket, which gives the container root on the host",
+                _VOLUME_FIX,
+            )
+    for form, verb in forms:
+        for directory in _CONTAINERD_DIRS:
+            where = reach(form, directory)
+            if where is not None:
+                return (
+                    f"{shown} exposes containerd: it {verb} {where}, containerd's socket and "
+                    "state, which control every container on the host",
+                    _VOLUME_FIX,
+                )
+        for directory, what in _KERNEL_PATHS:
+            where = reach(form, directory)
+            if where is not None:
+                return (
+                    f"{shown} exposes the host's {directory}: it {verb} {where}, {what}",
+                    _VOLUME_FIX,
+                )
+        if writable and _within(form, "/etc"):
+            return (
+                f"{shown} mounts the host's /etc writable: it {verb} {form}; a writable /etc "
+                "lets the container change the host's users, sudoers and services",
+                'add ":ro" to mount it read-only, or ' + _VOLUME_FIX,
+            )
+        if form == "/":
+            return (
+                f"{shown} exposes the host's whole filesystem: it {verb} /",
+                _VOLUME_FIX,
+            )
+    return None
 
 
 def _env_collisions(entry: ModelEntry) -> list[_Issue]:
@@ -891,22 +1346,14 @@ def load_models(
     gpu_pool: GpuPool | None = None,
     pool_configured: bool = False,
     gpu_inventory: Sequence[GpuInfo] = (),
+    engine_socket: str | None = None,
 ) -> ModelsFile:
     """Read and check aiModels.json and place its replicas; raise ModelsFileError listing every
-    problem. See `parse_models` for the GPU arguments."""
+    problem, and nothing else whatever the file holds. Only a regular file of at most
+    MAX_FILE_BYTES is read (a FIFO, device, socket or directory is refused without opening it
+    for a blocking read). See `parse_models` for the other arguments."""
     source = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        problem = Problem(
-            None,
-            None,
-            None,
-            f"cannot read the file: {exc.strerror or exc}",
-            "check the path and that byoc-orch's user may read it",
-            source,
-        )
-        raise UnreadableModelsFileError([problem]) from None
+    data = _read_regular_file(path, source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -922,7 +1369,90 @@ def load_models(
         gpu_pool=gpu_pool,
         pool_configured=pool_configured,
         gpu_inventory=gpu_inventory,
+        engine_socket=engine_socket,
     )
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _read_regular_file(path: Path, source: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file no larger than MAX_FILE_BYTES.
+
+    The kind is checked before opening (opening a FIFO for reading blocks until a writer comes;
+    opening a device may act on it), and again on the open descriptor, which is opened
+    non-blocking in case the path was swapped in between.
+    """
+
+    def refuse(message: str, fix: str) -> UnreadableModelsFileError:
+        return UnreadableModelsFileError([Problem(None, None, None, message, fix, source)])
+
+    def refuse_os(exc: OSError) -> UnreadableModelsFileError:
+        return refuse(
+            f"cannot read the file: {exc.strerror or exc}",
+            "check the path and that byoc-orch's user may read it",
+        )
+
+    def check(status: os.stat_result) -> None:
+        for is_kind, kind in _FILE_KINDS:
+            if is_kind(status.st_mode):
+                raise refuse(
+                    f"cannot read the file: it is {kind}, not a regular file",
+                    "give the path of the aiModels.json file itself",
+                )
+        if not stat.S_ISREG(status.st_mode):
+            raise refuse(
+                "cannot read the file: it is not a regular file",
+                "give the path of the aiModels.json file itself",
+            )
+        if status.st_size > MAX_FILE_BYTES:
+            raise too_large(status.st_size)
+
+    def too_large(size: int) -> UnreadableModelsFileError:
+        return refuse(
+            f"the file is {_show_bytes(size)}, more than the {_show_bytes(MAX_FILE_BYTES)} an "
+            "aiModels.json may be",
+            "check that this is the right file; a real aiModels.json is a few kilobytes",
+        )
+
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        raise refuse_os(exc) from None
+    except ValueError:
+        raise refuse(
+            "cannot read the file: the path contains a NUL character",
+            "give the path of the aiModels.json file",
+        ) from None
+    check(status)
+    try:
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        raise refuse_os(exc) from None
+    try:
+        check(os.fstat(descriptor))
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(descriptor, min(1 << 20, MAX_FILE_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_FILE_BYTES:
+                raise too_large(total)
+    except OSError as exc:
+        raise refuse_os(exc) from None
+    finally:
+        os.close(descriptor)
+    return b"".join(chunks)
 
 
 def parse_models(
@@ -933,20 +1463,28 @@ def parse_models(
     gpu_pool: GpuPool | None = None,
     pool_configured: bool = False,
     gpu_inventory: Sequence[GpuInfo] = (),
+    engine_socket: str | None = None,
 ) -> ModelsFile:
     """Check aiModels.json text, then place its replicas; raise ModelsFileError listing every
-    problem.
+    problem, and nothing else whatever the text holds.
 
     ``gpu_pool`` is the GPUs replicas may use (`placement.pool_from`); ``pool_configured`` says
     it came from BYOC_ORCH_GPUS; ``gpu_inventory`` (NVML's GPUs, when known) matches a GPU's
     index with its UUID. Entries without replicas need none of them.
+
+    ``engine_socket`` is the Docker engine's unix socket (a path, or BYOC_ORCH_DOCKER_HOST's
+    ``unix://`` URL; other endpoints are ignored). Volumes whose host path resolves to it, to
+    the default sockets (/var/run/docker.sock, /run/docker.sock) or to a directory holding one
+    need allow_host_access, as do /proc, /sys, /dev, containerd's directory, / and a writable
+    /etc; host paths are resolved on this host (symlinks, '..', '//').
     """
     raw_entries = _decode(text, source)
+    context = {_HOST_PATHS_CONTEXT: _HostPaths.for_engine(engine_socket)}
     problems: list[Problem] = []
     warnings: list[Problem] = []
     valid: list[tuple[int, ModelEntry]] = []
     for index, raw in enumerate(raw_entries):
-        entry, entry_problems, entry_warnings = _check_entry(index, raw)
+        entry, entry_problems, entry_warnings = _check_entry(index, raw, context)
         problems += entry_problems
         warnings += entry_warnings
         if entry is not None:
@@ -1003,15 +1541,89 @@ class _NotJson(ValueError):
         self.token = token
 
 
+class _BadNumber(ValueError):
+    def __init__(self, token: str, message: str) -> None:
+        super().__init__(message)
+        self.token = token
+        self.message = message
+
+
 def _reject_constant(token: str) -> object:
     raise _NotJson(token)
 
 
+def _number_size(token: str) -> None:
+    if len(token) > MAX_NUMBER_CHARS:
+        raise _BadNumber(
+            token,
+            f"a number {len(token)} characters long; aiModels.json numbers may have at most "
+            f"{MAX_NUMBER_CHARS}",
+        )
+
+
+def _parse_int(token: str) -> int:
+    _number_size(token)
+    return int(token)
+
+
+def _parse_float(token: str) -> float:
+    _number_size(token)
+    value = float(token)
+    if not math.isfinite(value):
+        raise _BadNumber(token, f"{token} is too large for a number")
+    return value
+
+
+# A JSON string (closed or not), a bracket, or a number: enough to find depth and numbers.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]|-?[0-9][0-9.eE+-]*')
+
+
+def _too_deep(text: str) -> int | None:
+    """Where nesting first goes past MAX_JSON_DEPTH (json would recurse into a RecursionError)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return None
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return match.start()
+        elif token in ("]", "}"):
+            depth -= 1
+    return None
+
+
+def _number_position(text: str, token: str) -> int:
+    """Where the number ``token`` first stands outside a string."""
+    for match in _TOKENS.finditer(text):
+        if match.group() == token:
+            return match.start()
+    return max(text.find(token), 0)
+
+
 def _decode(text: str, source: str) -> list[Any]:
     at = partial(Problem, None, None, None, source=source)
+    deep = _too_deep(text)
+    if deep is not None:
+        line, column = _line_column(text, deep)
+        raise ModelsFileError(
+            [
+                at(
+                    f"line {line} column {column}: arrays and objects are nested more than "
+                    f"{MAX_JSON_DEPTH} deep",
+                    "an aiModels.json entry nests two or three levels; check for a runaway "
+                    "'[' or '{'",
+                )
+            ]
+        )
     try:
         document = json.loads(
-            text, object_pairs_hook=_JsonObject.from_pairs, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_JsonObject.from_pairs,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
         )
     except json.JSONDecodeError as exc:
         raise ModelsFileError([_syntax_problem(text, exc, source)]) from None
@@ -1025,6 +1637,26 @@ def _decode(text: str, source: str) -> list[Any]:
                 )
             ]
         ) from None
+    except _BadNumber as exc:
+        line, column = _line_column(text, _number_position(text, exc.token))
+        raise ModelsFileError(
+            [
+                at(
+                    f"line {line} column {column}: {exc.message}",
+                    "write a number of a sensible size: aiModels.json numbers are counts, "
+                    "ports, seconds, sizes and prices",
+                )
+            ]
+        ) from None
+    except RecursionError:
+        raise ModelsFileError(
+            [
+                at(
+                    f"arrays and objects are nested more than {MAX_JSON_DEPTH} deep",
+                    "check for a runaway '[' or '{'",
+                )
+            ]
+        ) from None
     if not isinstance(document, list):
         fix = "write a JSON array of entries: [ {...}, {...} ]"
         if isinstance(document, dict):
@@ -1035,6 +1667,16 @@ def _decode(text: str, source: str) -> list[Any]:
                     f"the top level is {_describe(document)}; aiModels.json must be an array "
                     "of entries",
                     fix,
+                )
+            ]
+        )
+    if len(document) > MAX_ENTRIES:
+        raise ModelsFileError(
+            [
+                at(
+                    f"the file has {len(document)} entries; aiModels.json may have at most "
+                    f"{MAX_ENTRIES}",
+                    "check that this is the right file; each entry is one model on this host",
                 )
             ]
         )
@@ -1110,7 +1752,9 @@ def _line_column(text: str, pos: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- one entry
 
 
-def _check_entry(index: int, raw: object) -> tuple[ModelEntry | None, list[Problem], list[Problem]]:
+def _check_entry(
+    index: int, raw: object, context: dict[str, Any] | None = None
+) -> tuple[ModelEntry | None, list[Problem], list[Problem]]:
     if not isinstance(raw, dict):
         problem = Problem(
             index,
@@ -1121,13 +1765,27 @@ def _check_entry(index: int, raw: object) -> tuple[ModelEntry | None, list[Probl
         )
         return None, [problem], []
     model_id = raw.get("model_id")
-    at = partial(
-        Problem, index, model_id if isinstance(model_id, str) and model_id.strip() else None
+    shown_id = (
+        model_id
+        if isinstance(model_id, str) and model_id.strip() and model_id.isprintable()
+        else None
     )
+    at = partial(Problem, index, shown_id)
     problems = [at(_render_loc(loc), *_repeated_key_text(loc)) for loc in _repeated_keys(raw)]
-    key_problems, warnings = _unknown_keys(raw, at)
+    unusable = list(_bad_characters(raw))
+    problems += [at(_render_loc(issue.loc), issue.message, issue.fix) for issue in unusable]
+    tainted = {str(issue.loc[0]) for issue in unusable if issue.loc}
+    key_problems, warnings = _unknown_keys({k: v for k, v in raw.items() if k not in tainted}, at)
     problems += key_problems
-    entry, issues = _validate(raw)
+    if tainted:
+        # Validate the rest, with stand-ins where a rule needs the field to be present.
+        clean = {key: value for key, value in raw.items() if key not in tainted}
+        clean |= {key: _STAND_INS[key] for key in tainted & _STAND_INS.keys()}
+        _, issues = _validate(clean, context)
+        issues = [issue for issue in issues if not issue.loc or issue.loc[0] not in tainted]
+        entry = None
+    else:
+        entry, issues = _validate(raw, context)
     problems += [at(_render_loc(issue.loc), issue.message, issue.fix) for issue in issues]
     if entry is not None and not entry.managed:
         warnings += [
@@ -1220,7 +1878,9 @@ _STAND_INS = {
 }
 
 
-def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
+def _validate(
+    raw: dict[str, Any], context: dict[str, Any] | None = None
+) -> tuple[ModelEntry | None, list[_Issue]]:
     """Validate one entry, reporting field errors and cross-field rules together.
 
     Pydantic skips the cross-field rules when a field is invalid, so the rules are run again
@@ -1228,7 +1888,7 @@ def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
     bad image still makes the entry managed); findings about those fields are left out.
     """
     try:
-        return ModelEntry.model_validate(raw), []
+        return ModelEntry.model_validate(raw, context=context), []
     except ValidationError as exc:
         errors = exc.errors()
     issues = [issue for error in errors for issue in _issues_from_error(error)]
@@ -1238,7 +1898,7 @@ def _validate(raw: dict[str, Any]) -> tuple[ModelEntry | None, list[_Issue]]:
     retry = {key: value for key, value in raw.items() if key not in bad_fields}
     retry |= {key: _STAND_INS[key] for key in bad_fields & _STAND_INS.keys()}
     try:
-        ModelEntry.model_validate(retry)
+        ModelEntry.model_validate(retry, context=context)
     except ValidationError as exc:
         issues += [
             issue
@@ -1274,7 +1934,7 @@ def _issues_from_error(error: ErrorDetails) -> list[_Issue]:
         return list(ctx["issues"])
     loc = tuple(error["loc"])
     if "fix" in ctx:
-        return [_Issue(loc, ctx["message"], ctx["fix"])]
+        return [_Issue((*loc, *ctx.get("at", ())), ctx["message"], ctx["fix"])]
     return [_Issue(loc, *_wording(error, loc))]
 
 
@@ -1327,6 +1987,8 @@ def _type_fix(expected: str, json_kind: str, value: object, name: str) -> str:
 def _render_loc(loc: Loc) -> str:
     text = ""
     for part in loc:
+        if isinstance(part, str) and not part.isprintable():
+            part = json.dumps(part)  # NUL, surrogates, control characters: escaped, quoted
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
 

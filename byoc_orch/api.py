@@ -3,7 +3,6 @@ tables, metrics, and the session proxy's routes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -53,8 +52,10 @@ def create_app(daemon: Daemon) -> ProxyFirst:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """503 until the first reconcile has finished, and again while shutting down."""
-        return JSONResponse(daemon.summary(), status_code=200 if daemon.ready else 503)
+        """503 until the first reconcile has finished, while the Docker engine cannot be
+        reached, and while shutting down."""
+        summary = daemon.summary()
+        return JSONResponse(summary, status_code=200 if summary["ready"] else 503)
 
     @app.get("/capabilities")
     async def capabilities() -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
     @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus text format; rendered off the event loop (GPU collectors call NVML)."""
-        body = await asyncio.to_thread(daemon.metrics.render)
+        body = await daemon.render_metrics()
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/workers")

@@ -7,6 +7,14 @@ it); price, capacity or token edits never restart a warm worker. A replica's ind
 GPUs are part of its spec, so every replica of an entry is adopted as itself. An entry that does
 not use replicas keeps the id, name, labels and hash it had before replicas existed, so
 upgrading byoc-orch never restarts its container.
+
+Every container is also contained, whatever its entry says: it may not gain privileges through
+setuid binaries (`no-new-privileges`), runs without the Docker default capabilities a worker has
+no use for (DROPPED_CAPABILITIES; an entry's `cap_add` gives them back), may run at most
+PIDS_LIMIT processes, and keeps at most LOG_OPTIONS' worth of json-file logs. These defaults are
+not part of the spec hash, so a container an older byoc-orch created is still adopted as it is
+(and gets them when it is next recreated). An entry's own `cap_add`, `memory` and `cpus` are
+part of the hash, but only when set, so entries that do not use them keep their hash too.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from byoc_orch.aimodels import DROPPED_CAPABILITIES
 from byoc_orch.image_ref import ImageRef
 
 if TYPE_CHECKING:
@@ -32,6 +42,12 @@ LABEL_ENTRY = "byoc-orch.entry-id"
 LABEL_REPLICA = "byoc-orch.replica"
 MANAGED_BY = "byoc-orch"
 SPEC_VERSION = "1"
+
+# Always on, and not in the spec hash (see the module's docstring).
+SECURITY_OPT = ("no-new-privileges:true",)
+PIDS_LIMIT = 4096
+LOG_DRIVER = "json-file"
+LOG_OPTIONS: Mapping[str, str] = MappingProxyType({"max-size": "20m", "max-file": "5"})
 
 
 def ownership_labels(instance: str) -> dict[str, str]:
@@ -88,6 +104,14 @@ class ContainerSpec:
     privileged: bool = False
     network_mode: str = "bridge"
     pid_mode: str = ""
+    security_opt: tuple[str, ...] = SECURITY_OPT
+    cap_drop: tuple[str, ...] = DROPPED_CAPABILITIES
+    cap_add: tuple[str, ...] = ()
+    pids_limit: int | None = PIDS_LIMIT
+    log_driver: str = LOG_DRIVER
+    log_options: Mapping[str, str] = field(default_factory=lambda: LOG_OPTIONS)
+    memory: int | None = None  # bytes; swap is limited to the same, so the container has none
+    nano_cpus: int | None = None  # CPUs in units of 10^-9
     spec_hash: str = field(default="")
 
 
@@ -139,6 +163,16 @@ def build_container_spec(
     }
     if entry.replicated:
         shaping["replica"] = slot.index
+    cap_add = tuple(entry.cap_add)
+    # Never 0 for a tiny `cpus`: to Docker, NanoCpus 0 means no limit at all.
+    nano_cpus = None if entry.cpus is None else max(1, round(entry.cpus * 1e9))
+    # Only when set, so an entry that does not use them keeps the hash it had before them.
+    if cap_add:
+        shaping["cap_add"] = sorted(cap_add)
+    if entry.memory is not None:
+        shaping["memory"] = entry.memory
+    if nano_cpus is not None:
+        shaping["nano_cpus"] = nano_cpus
     digest = spec_hash(shaping)
     labels = {
         **ownership_labels(instance),
@@ -165,5 +199,16 @@ def build_container_spec(
         privileged=entry.privileged,
         network_mode=entry.network_mode,
         pid_mode=entry.pid_mode,
+        cap_drop=dropped_capabilities(cap_add),
+        cap_add=cap_add,
+        memory=entry.memory,
+        nano_cpus=nano_cpus,
         spec_hash=digest,
     )
+
+
+def dropped_capabilities(cap_add: tuple[str, ...]) -> tuple[str, ...]:
+    """DROPPED_CAPABILITIES less those the entry adds back (all of them for "ALL")."""
+    if "ALL" in cap_add:
+        return ()
+    return tuple(name for name in DROPPED_CAPABILITIES if name not in cap_add)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -51,9 +54,16 @@ from byoc_orch.routes import proxy_url
 from byoc_orch.sessions import EndReason, Session, SessionTable
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Died, Policy, Status
+from byoc_orch.worker_state import Died, EngineBack, Policy, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
+T = TypeVar("T")
+
+DANGLING_GRACE = 5.0
+"""Seconds an untracked container of ours is left alone before it is removed as dangling."""
+IDLE_GRACE = 5.0
+"""Seconds a session must have run before a worker's IDLE ends it: a probe answered just
+before the start reached the worker must not end the session it started."""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -115,6 +125,8 @@ class Daemon:
         self.workers: dict[str, Worker] = {}
         """Every replica of every entry, by worker id."""
         self.ready = False
+        self.engine_up: bool | None = None
+        """Whether Docker answers; None while byoc-orch has had no need of it."""
         self.started_at = clock()
         self.adopted: list[str] = []
         self._clock = clock
@@ -149,6 +161,10 @@ class Daemon:
         self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
+        self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
+        self._recovering: set[str] = set()
+        self._untracked: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._timeouts = Timeouts(
             drain=settings.drain_timeout, stop=settings.stop_timeout + settings.docker_timeout
         )
@@ -157,6 +173,15 @@ class Daemon:
     def gpu_pool(self) -> GpuPool | None:
         """The GPUs replicas are placed on: BYOC_ORCH_GPUS, else what NVML lists."""
         return pool_from(self.settings.gpu_pool_setting, self.gpu_inventory)
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """Blocking work of byoc-orch's own (reading aiModels.json, NVML, rendering metrics) on
+        threads of its own: Docker calls have theirs, so a stalled Docker API that ties those
+        up delays none of this."""
+        return await asyncio.get_running_loop().run_in_executor(self._own_threads, work)
+
+    async def render_metrics(self) -> bytes:
+        return await self.off_loop(self.metrics.render)
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -193,6 +218,7 @@ class Daemon:
         self.adopted = sorted(the_plan.adopt)
         for advertiser in self.advertisers:
             await advertiser.start()
+        self._spawn_background(self._sweep_forever(), "dangling-containers")
         self.ready = True
         replicas = sum(len(w.specs) for w in wanted.values() if w.entry.warm)
         log.info(
@@ -211,6 +237,7 @@ class Daemon:
             return
         info = await self.engine.connect()
         log.info("docker engine", version=info.server_version, host=self.settings.docker_host)
+        self._engine_reachable(True)
         self._events = self.engine.events()
         self._dispatcher = asyncio.create_task(self._dispatch(self._events), name="docker-events")
 
@@ -219,7 +246,7 @@ class Daemon:
         if self._gpus is None:
             return
         try:
-            self.gpu_inventory = await asyncio.to_thread(self._gpus.inventory)
+            self.gpu_inventory = await self.off_loop(self._gpus.inventory)
         except GpuUnavailableError as exc:
             log.info("no GPU inventory: GPU ids are not checked, no GPU metrics", reason=str(exc))
             return
@@ -242,10 +269,17 @@ class Daemon:
         if self.settings.stop_containers_on_exit:
             await self._drain_for_exit()
         halted = [task for d in self.deployments.values() for task in d.halt()]
-        for worker in self.workers.values():
-            self.proxy.end_worker_sessions(
-                worker.worker_id, EndReason.SHUTDOWN, "byoc-orch stopped"
-            )
+        halted += list(self._background)
+        for task in self._background:
+            task.cancel()
+        if self.settings.stop_containers_on_exit:
+            for worker in self.workers.values():
+                self.proxy.end_worker_sessions(
+                    worker.worker_id, EndReason.SHUTDOWN, "byoc-orch stopped its containers"
+                )
+        elif running := len(self.sessions.live()):
+            # The containers keep running, and so do their streams; the next start finds them.
+            log.info("leaving sessions running in their containers", sessions=running)
         self.registry.withdraw_all()
         await asyncio.gather(*halted, return_exceptions=True)
         await asyncio.gather(
@@ -267,7 +301,8 @@ class Daemon:
         await self._workers_http.aclose()
         await self.engine.close()
         if self._gpus is not None:
-            await asyncio.to_thread(self._gpus.close)
+            await self.off_loop(self._gpus.close)
+        self._own_threads.shutdown(wait=False)
         log.info("stopped", containers_left_running=not self.settings.stop_containers_on_exit)
 
     async def _drain_for_exit(self) -> None:
@@ -359,6 +394,97 @@ class Daemon:
         if still is None or worker.replica not in still.workers:
             self.metrics.remove_replica(entry.pipeline, entry.model_id, str(worker.replica))
 
+    # -- containers nothing tracks ---------------------------------------------------------------
+
+    def _spawn_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            await self.sweep()
+
+    async def _sweep_soon(self) -> None:
+        """After a reload: look now, and again once the grace has passed."""
+        await self.sweep()
+        await asyncio.sleep(DANGLING_GRACE)
+        await self.sweep()
+
+    async def sweep(self) -> list[str]:
+        """Remove this instance's containers that no worker tracks or is creating, once seen so
+        twice `DANGLING_GRACE` seconds apart (a container whose create just returned is not yet
+        taken in by its worker). Runs periodically and after every reload; returns the ids
+        removed. A daemon that never needed Docker (external entries only) does not ask it."""
+        if self._events is None:
+            return []
+        try:
+            containers = await self.engine.list_containers()
+        except EngineError as exc:
+            log.warning("could not list containers to find dangling ones", error=str(exc))
+            return []
+        tracked = {w.status.container_id for w in self.workers.values()}
+        creating = {w.worker_id for w in self.workers.values() if w.creating}
+        now = self._clock()
+        seen, self._untracked = self._untracked, {}
+        removed = []
+        for container in containers:
+            if container.id in tracked or container.worker_id in creating:
+                continue
+            first = seen.get(container.id, now)
+            if now - first < DANGLING_GRACE:
+                self._untracked[container.id] = first
+                continue
+            log.warning(
+                "removing a container of this instance that nothing tracks",
+                container_id=container.id[:12],
+                container=container.name,
+                worker_id=container.worker_id or None,
+            )
+            try:
+                await self.engine.remove(container.id)
+                removed.append(container.id)
+            except EngineError as exc:
+                log.warning(
+                    "could not remove container", container_id=container.id[:12], error=str(exc)
+                )
+        return removed
+
+    def recover_sessions(self, worker: Worker) -> None:
+        """Learn, once, which streams an adopted (or, after a restart, external) worker runs."""
+        if worker.worker_id in self._recovering:
+            return
+        self._recovering.add(worker.worker_id)
+        self._spawn_background(self._recover(worker), f"recover-{worker.worker_id}")
+
+    async def _recover(self, worker: Worker) -> None:
+        try:
+            found = await self.proxy.recover(worker)
+        finally:
+            self._recovering.discard(worker.worker_id)
+        if self.workers.get(worker.worker_id) is not worker or worker.sessions_known:
+            return
+        worker.sessions_known = True
+        worker.set_sessions(self.sessions.in_use(worker.worker_id))
+        worker.notify()
+        if found:
+            log.info(
+                "recovered sessions",
+                worker_id=worker.worker_id,
+                sessions=found,
+                container_id=(worker.status.container_id or "")[:12] or None,
+            )
+
+    def worker_idle(self, worker: Worker) -> None:
+        """The worker says IDLE: sessions byoc-orch still counts there ended on its side."""
+        started_before = self._clock() - IDLE_GRACE
+        for session in self.sessions.live(worker.worker_id):
+            if session.started_at <= started_before:
+                self.proxy.end_session(
+                    session.id, EndReason.ENDED_BY_WORKER, "the worker reports IDLE"
+                )
+
     def end_sessions(self, worker: Worker, reason: EndReason, detail: str | None) -> None:
         self.proxy.end_worker_sessions(worker.worker_id, reason, detail)
 
@@ -395,13 +521,15 @@ class Daemon:
         async with self._reload_lock:
             if models is None:
                 try:
-                    models = await asyncio.to_thread(
-                        load_models,
-                        self.settings.models_path,
-                        reserved_ports=reserved_ports(self.settings),
-                        gpu_pool=self.gpu_pool,
-                        pool_configured=self.settings.gpu_pool_setting is not None,
-                        gpu_inventory=self.gpu_inventory,
+                    models = await self.off_loop(
+                        functools.partial(
+                            load_models,
+                            self.settings.models_path,
+                            reserved_ports=reserved_ports(self.settings),
+                            gpu_pool=self.gpu_pool,
+                            pool_configured=self.settings.gpu_pool_setting is not None,
+                            gpu_inventory=self.gpu_inventory,
+                        )
                     )
                 except ModelsFileError as exc:
                     self.metrics.config_reloads.labels("rejected").inc()
@@ -421,6 +549,7 @@ class Daemon:
                 raise
             self.metrics.config_reloads.labels("applied").inc()
             self._note_config_applied()
+            self._spawn_background(self._sweep_soon(), "sweep-after-reload")
             log.info("reloaded", **{k: len(v) for k, v in the_plan.summary().items()})
             return the_plan
 
@@ -468,8 +597,12 @@ class Daemon:
         async for event in events:
             if event.action == STREAM_LOST:
                 self.metrics.event_stream_reconnects.inc()
+                self._engine_reachable(False)
             elif event.action == STREAM_RESTORED:
+                self._engine_reachable(True)
                 await self._resync()
+                for worker in list(self.workers.values()):
+                    worker.post(EngineBack())
             elif event.action == "oom" and event.container_id:
                 oom_killed.add(event.container_id)
             elif event.action == "die" and event.container_id:
@@ -492,6 +625,16 @@ class Daemon:
             if worker.status.container_id == container_id:
                 return worker
         return None
+
+    def _engine_reachable(self, reachable: bool) -> None:
+        if reachable != self.engine_up:
+            log.log(
+                logging.INFO if reachable else logging.ERROR,
+                "Docker engine reachable again" if reachable else "Docker engine unreachable",
+                host=self.settings.docker_host,
+            )
+        self.engine_up = reachable
+        self.metrics.engine_up.set(1 if reachable else 0)
 
     async def _resync(self) -> None:
         """After the event stream was down: anything that died meanwhile is a crash."""
@@ -527,7 +670,8 @@ class Daemon:
         for worker in self.workers.values():
             states[str(worker.status.state)] = states.get(str(worker.status.state), 0) + 1
         return {
-            "ready": self.ready,
+            "ready": self.ready and self.engine_up is not False,
+            "engine": {None: "not used", True: "reachable", False: "unreachable"}[self.engine_up],
             "instance": self.settings.instance,
             "entries": len(self.deployments),
             "workers": len(self.workers),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,10 @@ class Host(Protocol):
     def capacity_changed(self, entry: ModelEntry, capacity: int) -> None: ...
 
     def policy_for(self, entry: ModelEntry) -> Policy: ...
+
+    def recover_sessions(self, worker: Worker) -> None: ...
+
+    def worker_idle(self, worker: Worker) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Deployment:
         self._warm_since: float | None = None
         self._last_state: dict[str, State] = {}
         self._task: asyncio.Task[None] | None = None
+        self._current_step: asyncio.Task[None] | None = None
         self._log = log.bind(
             entry_id=self.entry_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
@@ -201,17 +206,29 @@ class Deployment:
             worker = self._add(index, spec, self.entry, launch=False)
             container_id = adopt.get(worker.worker_id)
             if container_id is not None:
+                worker.sessions_known = False
                 worker.post(Adopt(container_id))
             elif self.entry.warm:
+                # An external worker may be running streams started before byoc-orch restarted.
+                worker.sessions_known = self.entry.managed
                 worker.post(Launch())
 
     def worker_changed(self, worker: Worker) -> None:
-        """A replica reported a change: end its sessions if it just left WARM, then publish."""
+        """A replica reported a change: end its sessions if it just left WARM (or says it is
+        idle while byoc-orch counts streams on it), learn what an adopted container runs once
+        it answers, then publish."""
         state = worker.status.state
         before = self._last_state.get(worker.worker_id)
         self._last_state[worker.worker_id] = state
         if before is State.WARM and state is not State.WARM:
             self._host.end_sessions(worker, end_reason(state), worker.status.reason or None)
+        if state is State.PULLING:
+            worker.sessions_known = True  # a new container runs nothing yet
+        elif state is State.WARM:
+            if not worker.sessions_known:
+                self._host.recover_sessions(worker)
+            elif worker.sessions and worker.reports_idle:
+                self._host.worker_idle(worker)
         self.publish()
 
     def publish(self) -> None:
@@ -315,7 +332,7 @@ class Deployment:
                 old = self.workers[index]
                 rollout.detail = f"replacing replica {index}"
                 await self._drain(old)
-                await self._retire(old, EndReason.REPLACED)
+                await self._step(self._retire(old, EndReason.REPLACED))
                 successor = self._add(index, self._specs[index], entry, launch=entry.warm)
                 if entry.warm and not await self._became_warm(successor):
                     rollout.state, rollout.finished_at = "halted", self._clock()
@@ -330,11 +347,20 @@ class Deployment:
                 rollout.detail = f"removing replicas {', '.join(map(str, removed))}"
                 leaving = [self.workers[i] for i in removed]
                 await asyncio.gather(*(self._drain(w) for w in leaving))
-                await asyncio.gather(*(self._retire(w, EndReason.REMOVED) for w in leaving))
+                await self._step(self._retire_all(leaving, EndReason.REMOVED))
             rollout.state, rollout.detail, rollout.finished_at = "done", "", self._clock()
             self._log.info("rollout done", replicas=len(self.workers))
         finally:
             self._task = None
+
+    async def _retire_all(self, workers: list[Worker], reason: EndReason) -> None:
+        await asyncio.gather(*(self._retire(w, reason) for w in workers))
+
+    async def _step(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a step that changes containers to its end even if the rollout is superseded
+        meanwhile: a replica is never left half stopped. `_cancel_rollout` waits for it."""
+        self._current_step = asyncio.create_task(work)
+        await asyncio.shield(self._current_step)
 
     async def _became_warm(self, worker: Worker) -> bool:
         timeout = worker.policy.startup_timeout + self._timeouts.stop
@@ -400,6 +426,10 @@ class Deployment:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        step, self._current_step = self._current_step, None
+        if step is not None and not step.done():
+            with contextlib.suppress(Exception):
+                await step
             if self.rollout is not None and self.rollout.state == "rolling":
                 self.rollout.state = "superseded"
                 self.rollout.finished_at = self._clock()

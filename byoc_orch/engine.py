@@ -5,7 +5,10 @@ docker-py blocks, so every short call runs in a worker thread and the two long-l
 operation on an existing container first checks that it carries this instance's labels:
 another daemon's containers, or an operator's own, are never listed, stopped or removed.
 Docker's errors are translated into `EngineError`s whose text tells an operator what failed and
-what to do; credentials never appear in them.
+what to do; credentials never appear in them. Containers are created with the containment
+ContainerSpec carries (no-new-privileges, dropped capabilities, pids, log, memory and CPU
+limits); a container the kernel killed for exceeding its memory limit shows as
+`ContainerInfo.oom_killed` and as an `oom` event ahead of its `die` event.
 """
 
 from __future__ import annotations
@@ -401,6 +404,16 @@ class Engine:
             network_mode=spec.network_mode,
             pid_mode=spec.pid_mode or None,
             restart_policy={"Name": "no"},
+            security_opt=list(spec.security_opt) or None,
+            cap_drop=list(spec.cap_drop) or None,
+            cap_add=list(spec.cap_add) or None,
+            pids_limit=spec.pids_limit,
+            log_config=docker.types.LogConfig(type=spec.log_driver, config=dict(spec.log_options)),
+            mem_limit=spec.memory,
+            # Swap limited to the memory limit: a container over its limit is OOM-killed
+            # instead of swapping the host to a crawl.
+            memswap_limit=spec.memory,
+            nano_cpus=spec.nano_cpus,
         )
 
     def _remove_stale_namesake(self, name: str) -> None:

@@ -138,7 +138,10 @@ class WorkerConnections:
             pool = httpcore.AsyncConnectionPool(
                 ssl_context=self._tls,
                 max_connections=self._per_origin,
-                max_keepalive_connections=max(self._per_origin // 4, 2),
+                # Every connection stays open for reuse: a busy worker would otherwise see a new
+                # connection per request past the idle limit (a stdlib server's listen queue
+                # is 5 deep).
+                max_keepalive_connections=self._per_origin,
                 keepalive_expiry=30.0,
                 network_backend=self._backend,
             )

@@ -24,11 +24,12 @@ from prometheus_client.registry import Collector
 
 from byoc_orch import __version__
 from byoc_orch.health import ProbeFailure
+from byoc_orch.sessions import EndReason
 from byoc_orch.worker_state import State
 
 WORKER_STATES = tuple(str(state) for state in State)
 PROBE_FAILURE_REASONS = tuple(str(failure) for failure in ProbeFailure)
-SESSION_END_REASONS = ("stopped", "crashed", "unhealthy", "replaced", "removed", "shutdown")
+SESSION_END_REASONS = tuple(str(reason) for reason in EndReason)
 START_REFUSALS = ("not_warm", "full")
 PROXY_ROUTES = ("start", "stop", "params", "status", "passthrough")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
@@ -115,6 +116,11 @@ class Metrics:
             "byoc_orch_image_pull_duration_seconds",
             "Duration of image pulls that reached the registry.",
             buckets=_SLOW,
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "byoc_orch_docker_engine_up",
+            "1 while the Docker engine answers, 0 while it does not (its event stream is lost).",
             registry=r,
         )
         self.event_stream_reconnects = Counter(

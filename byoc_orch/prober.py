@@ -8,11 +8,20 @@ speaks that much HTTP/1.1 directly on an asyncio stream: a request line, the sta
 headers, and a body framed by Content-Length, chunked encoding or the connection's close. One
 connection per worker is reused while the worker keeps it open. Session calls and everything
 else still go through the shared httpx client.
+
+A worker's answer is untrusted input, read on the daemon's one event loop, so every part of it
+is bounded and the probe's timeout is a deadline for the whole exchange — connecting, every
+read, a reconnect — not for each read: a worker that trickles bytes, or repeats `100 Continue`
+or trailer lines without end, is cut off at the deadline or, sooner, at a cap (at most
+MAX_INTERIM interim answers, MAX_HEADERS header lines and MAX_HEAD_BYTES per head, MAX_LINE per
+line, MAX_TRAILERS trailer lines, MAX_BODY of body), and the probe fails instead of spending the
+daemon's CPU on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from urllib.parse import urlsplit
@@ -21,8 +30,14 @@ from byoc_orch import __version__
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict, classify
 
 MAX_BODY = 64 * 1024
+MAX_CHUNKS = 256  # a health body is one small JSON object, written in one or a few chunks
 MAX_HEADERS = 100
+MAX_HEAD_BYTES = 32 * 1024  # one head: the status line and its header lines
+MAX_INTERIM = 8  # 1xx answers before the real one
 MAX_LINE = 8 * 1024
+MAX_TRAILERS = 32
+NO_BODY_STATUSES = frozenset({204, 304})
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 
 
 class ProtocolError(ValueError):
@@ -47,7 +62,12 @@ class HealthProber:
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def probe(self, timeout: float) -> ProbeResult:
-        """One GET of the health URL, bounded by `timeout` overall; never raises."""
+        """One GET of the health URL; never raises.
+
+        `timeout` is a deadline for the whole probe — connecting (again, if the kept-alive
+        connection turned out closed), sending and every read of the answer together — so a
+        worker that keeps sending a little at a time cannot stretch it.
+        """
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
@@ -58,7 +78,14 @@ class HealthProber:
         except ConnectionRefusedError:
             self.close()
             return _failed("connection refused", started, ProbeFailure.REFUSED)
-        except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
+        except (
+            OSError,
+            EOFError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ProtocolError,
+            ValueError,
+        ) as exc:
             self.close()
             return _failed(f"{type(exc).__name__}: {exc}"[:120], started, ProbeFailure.OTHER)
         verdict, detail, reported, failure = classify(status, body)
@@ -92,11 +119,20 @@ class HealthProber:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> tuple[int, bytes]:
         writer.write(self._request)
+        interim = 0
         while True:
             status, version, headers = await _read_head(reader)
+            if status == 101:
+                raise ProtocolError("101 Switching Protocols, but no upgrade was asked for")
             if not 100 <= status < 200:
-                break  # 1xx are interim answers; the real one follows
-        body, readable_until_close = await _read_body(reader, headers)
+                break
+            interim += 1  # 1xx are interim answers; the real one follows, after a few at most
+            if interim > MAX_INTERIM:
+                raise ProtocolError(f"more than {MAX_INTERIM} interim (1xx) answers")
+        if status in NO_BODY_STATUSES:
+            body, readable_until_close = b"", False
+        else:
+            body, readable_until_close = await _read_body(reader, headers)
         keep = (
             not readable_until_close
             and headers.get("connection", "").lower() != "close"
@@ -108,60 +144,65 @@ class HealthProber:
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
-    line = await reader.readuntil(b"\n")
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(f"line longer than {MAX_LINE} bytes") from None
     if len(line) > MAX_LINE:
-        raise ProtocolError("header line too long")
+        raise ProtocolError(f"line longer than {MAX_LINE} bytes")
     return line.rstrip(b"\r\n")
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and other Unicode digits."""
+    return text.isascii() and text.isdigit()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
     try:
-        status_line = (await _read_line(reader)).decode("latin-1")
+        raw_status = await _read_line(reader)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             raise EOFError("connection closed before an answer") from None
         raise
+    status_line = raw_status.decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    if (
+        not version.startswith("HTTP/1.")
+        or not _is_number(code)
+        or len(code) != 3
+        or rest[3:4] not in ("", " ")
+    ):
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:40]!r}")
+    size = len(raw_status)
     headers: dict[str, str] = {}
-    for _ in range(MAX_HEADERS):
+    for _ in range(MAX_HEADERS + 1):
         line = await _read_line(reader)
         if not line:
             return int(code), version, headers
+        size += len(line)
+        if size > MAX_HEAD_BYTES:
+            raise ProtocolError(f"answer head larger than {MAX_HEAD_BYTES} bytes")
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
             raise ProtocolError(f"malformed header line {line[:40]!r}")
-        headers[name.strip().lower()] = value.strip()
-    raise ProtocolError("too many header lines")
+        key, value = name.strip().lower(), value.strip()
+        if key == "content-length" and headers.get(key, value) != value:
+            raise ProtocolError("conflicting Content-Length headers")
+        headers[key] = value
+    raise ProtocolError(f"more than {MAX_HEADERS} header lines")
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> tuple[bytes, bool]:
     """The body, and whether it ran to the connection's close (so it cannot be reused)."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks: list[bytes] = []
-        size_so_far = 0
-        while True:
-            size_line = (await _read_line(reader)).split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_line[:20]!r}") from None
-            if size == 0:
-                while await _read_line(reader):
-                    pass  # trailers
-                return b"".join(chunks), False
-            size_so_far += size
-            if size_so_far > MAX_BODY:
-                raise ProtocolError(f"health body larger than {MAX_BODY} bytes")
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+        return await _read_chunked(reader), False
     length = headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not _is_number(length):
             raise ProtocolError(f"bad Content-Length {length[:20]!r}")
-        if int(length) > MAX_BODY:
+        if len(length) > 9 or int(length) > MAX_BODY:
             raise ProtocolError(f"health body larger than {MAX_BODY} bytes")
         return await reader.readexactly(int(length)), False
     body = await reader.read(MAX_BODY + 1)
@@ -173,6 +214,28 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> t
     if len(body) > MAX_BODY:
         raise ProtocolError(f"health body larger than {MAX_BODY} bytes")
     return body, True
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    size_so_far = 0
+    for _ in range(MAX_CHUNKS + 1):
+        size_line = (await _read_line(reader)).split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_line):
+            raise ProtocolError(f"bad chunk size {size_line[:20]!r}")
+        size = int(size_line, 16)
+        if size == 0:
+            for _ in range(MAX_TRAILERS + 1):
+                if not await _read_line(reader):
+                    return b"".join(chunks)
+            raise ProtocolError(f"more than {MAX_TRAILERS} trailer lines")
+        size_so_far += size
+        if size_so_far > MAX_BODY:
+            raise ProtocolError(f"health body larger than {MAX_BODY} bytes")
+        chunks.append(await reader.readexactly(size))
+        if await _read_line(reader):
+            raise ProtocolError("chunk data not followed by a line end")
+    raise ProtocolError(f"health body in more than {MAX_CHUNKS} chunks")
 
 
 _TLS: list[ssl.SSLContext] = []

@@ -85,6 +85,8 @@ class WorkerBrokeOff(Exception):
     """A worker's connection failed while its answer was being streamed to the client."""
 
 
+UNKNOWN_SESSION_PREFIX = "byoc-orch:unknown-stream:"
+"""Id of the placeholder holding a worker busy when it runs a stream it cannot name."""
 SESSION_ANSWER_LIMIT = 1024 * 1024
 """Largest answer to a session call byoc-orch reads (status answers are a few hundred bytes)."""
 T = TypeVar("T")
@@ -643,6 +645,61 @@ class SessionProxy:
             time.perf_counter() - started
         )
 
+    # -- after a restart ------------------------------------------------------------------------
+
+    async def recover(self, worker: Worker) -> list[str]:
+        """Record the streams a worker runs that byoc-orch did not start (it restarted).
+
+        pytrickle's `/stream/status` names the live stream's `gateway_request_id`; a worker that
+        cannot say which stream it runs, and does not report IDLE, is held busy by a
+        placeholder session until it does (or a stop reaches it), so no second start is sent to
+        a worker that is already streaming. Returns the ids recorded."""
+        routes = await self._container_routes(worker)
+        answer = await exchange(
+            self._connections,
+            self._connections.origin(worker.upstream_url),
+            "GET",
+            f"{routes.prefix}/stream/status",
+            headers=request_headers((), _token(worker)),
+            body=b"",
+            deadlines=self._session_deadlines,
+            what=_what(worker, "GET", f"{routes.prefix}/stream/status"),
+            limit=SESSION_ANSWER_LIMIT,
+        )
+        running = _running_streams(answer)
+        if running is None:
+            if worker.reports_idle:
+                return []
+            running = [(UNKNOWN_SESSION_PREFIX + worker.worker_id, {})]
+        entry = worker.entry
+        recorded = []
+        for session_id, request in running:
+            adopted = self.sessions.adopt(
+                session_id,
+                worker_id=worker.worker_id,
+                entry_id=worker.entry_id,
+                pipeline=entry.pipeline,
+                model_id=entry.model_id,
+                now=self._clock(),
+                request=request,
+            )
+            if adopted is not None:
+                recorded.append(session_id)
+        return recorded
+
+    def end_session(self, session_id: str, reason: EndReason, detail: str | None) -> None:
+        ended = self.sessions.end(session_id, reason, self._clock(), detail)
+        if ended is not None:
+            log.info(
+                "session ended",
+                session=session_id,
+                reason=str(reason),
+                detail=detail,
+                worker_id=ended.worker_id,
+                pipeline=ended.pipeline,
+                model_id=ended.model_id,
+            )
+
     def end_worker_sessions(self, worker_id: str, reason: EndReason, detail: str | None) -> None:
         ended = self.sessions.end_worker(worker_id, reason, self._clock(), detail)
         self._routes.pop(worker_id, None)
@@ -696,6 +753,35 @@ def _named_session(request: Request, body: bytes) -> str | None:
         if isinstance(found, str) and found.strip():
             return found.strip()
     return None
+
+
+def _running_streams(answer: Answer | Unreachable) -> list[tuple[str, dict[str, Any]]] | None:
+    """The streams a `/stream/status` answer says run: (gateway_request_id, URLs) each; [] when
+    it says none does (or the worker has no session routes: a batch worker); None when it
+    cannot tell (no answer, a server error, or busy without saying with which stream)."""
+    if isinstance(answer, Unreachable) or answer.status >= 500:
+        return None
+    if answer.status != 200:
+        return []
+    try:
+        body = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    status = body.get("status")
+    if isinstance(status, str) and status.isascii() and status.strip().upper() == "IDLE":
+        return []  # pytrickle keeps an ended stream's params but reports IDLE
+    if body.get("client_active") is False or body.get("active_streams") == 0:
+        return []
+    current = body.get("current_params")
+    current = current if isinstance(current, dict) else {}
+    session_id = current.get("gateway_request_id") or body.get("gateway_request_id")
+    if not isinstance(session_id, str) or not session_id.strip():
+        busy = body.get("client_active") is True or status in ("OK", "ok")
+        return None if busy else []
+    urls = {k: v for k, v in current.items() if k in ("subscribe_url", "publish_url")}
+    return [(session_id.strip(), {k: v for k, v in urls.items() if isinstance(v, str)})]
 
 
 def _params_of(body: bytes) -> Any:

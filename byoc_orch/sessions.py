@@ -24,6 +24,9 @@ class SessionState(StrEnum):
 
 class EndReason(StrEnum):
     STOPPED = "stopped"
+    ENDED_BY_WORKER = "ended_by_worker"
+    """The worker reports itself idle: the stream ended without a stop call reaching it (go-
+    livepeer ends streams by closing their trickle channels when payment or input stops)."""
     CRASHED = "crashed"
     UNHEALTHY = "unhealthy"
     REPLACED = "replaced"
@@ -40,6 +43,8 @@ class Session:
     model_id: str
     started_at: float
     entry_id: str = ""
+    recovered: bool = False
+    """Found running in an adopted container after byoc-orch restarted, not started by it."""
     state: SessionState = SessionState.STARTING
     params: Any = None
     params_updated_at: float | None = None
@@ -56,6 +61,7 @@ class Session:
             "pipeline": self.pipeline,
             "model_id": self.model_id,
             "state": str(self.state),
+            "recovered": self.recovered,
             "started_at": self.started_at,
             "params": self.params,
             "params_updated_at": self.params_updated_at,
@@ -156,6 +162,39 @@ class SessionTable:
             model_id,
             started_at=now,
             entry_id=entry_id,
+            params=params,
+            request=request or {},
+        )
+        self._live[session_id] = session
+        self._by_worker.setdefault(worker_id, {})[session_id] = None
+        self._count(worker_id)
+        return session
+
+    def adopt(
+        self,
+        session_id: str,
+        *,
+        worker_id: str,
+        entry_id: str,
+        pipeline: str,
+        model_id: str,
+        now: float,
+        params: Any = None,
+        request: dict[str, Any] | None = None,
+    ) -> Session | None:
+        """Record a stream found running on a worker (after a restart): active at once, slot
+        taken. None if the id is already live here."""
+        if session_id in self._live:
+            return None
+        session = Session(
+            session_id,
+            worker_id,
+            pipeline,
+            model_id,
+            started_at=now,
+            entry_id=entry_id,
+            state=SessionState.ACTIVE,
+            recovered=True,
             params=params,
             request=request or {},
         )

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a container gets between SIGTERM and SIGKILL when stopped.",
     )
+    reconcile_interval: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds between sweeps for containers of this instance that no worker tracks "
+            "(left behind by an interrupted reload, say); they are removed. Also runs after "
+            "every reload."
+        ),
+    )
     drain_timeout: float = Field(
         default=300.0,
         ge=0,
@@ -321,6 +330,17 @@ class Settings(BaseSettings):
         if repeated:
             raise ValueError(f"lists GPU {repeated[0]} twice; list each GPU once")
         return ",".join(members)
+
+    @field_validator("api_token", "orch_secret")
+    @classmethod
+    def _secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        """Empty means unset; only whitespace is a mistake (a value lost in an env file) that
+        would otherwise be sent as a credential nobody holds."""
+        if value is not None and value.get_secret_value() and not value.get_secret_value().strip():
+            raise ValueError(
+                "is only whitespace; set a long random string, or leave it empty to unset it"
+            )
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from byoc_orch.aimodels import (
     GpuRequest,
@@ -23,6 +23,7 @@ from byoc_orch.aimodels import (
     ModelsFileError,
     UnreadableModelsFileError,
     load_models,
+    redact_url,
 )
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK
 from byoc_orch.gpu import (
@@ -45,24 +46,27 @@ def run_validate(
     reserved_ports: Mapping[int, str] = _NO_PORTS,
     gpu_inventory: Callable[[], Sequence[GpuInfo]] | None = read_inventory,
     gpu_pool_setting: tuple[str, ...] | None = None,
+    engine_socket: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Validate ``path``; return the process exit code (0 valid, 1 not).
+    """Validate ``path``; return the process exit code (0 valid, 1 not), whatever the file holds.
 
     ``gpu_inventory`` lists this host's GPUs (raising `GpuUnavailableError` without NVML);
     None skips reading them. ``gpu_pool_setting`` is BYOC_ORCH_GPUS (`Settings.gpu_pool_setting`).
+    ``engine_socket`` is the Docker endpoint (BYOC_ORCH_DOCKER_HOST): volumes reaching its
+    socket need allow_host_access (`load_models`).
     """
-    out = out or sys.stdout
-    err = err or sys.stderr
+    to_out = _Printable(out or sys.stdout)
+    to_err = _Printable(err or sys.stderr)
     host = _HostGpus(gpu_inventory)
     try:
-        models = _load(path, reserved_ports, host, gpu_pool_setting)
+        models = _load(path, reserved_ports, host, gpu_pool_setting, engine_socket)
     except GpuPoolError as exc:
-        print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing would start", err)
+        print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing would start", to_err)
         return EXIT_INVALID
     except UnreadableModelsFileError as exc:
-        print_problems(exc, None, err)
+        print_problems(exc, None, to_err)
         return EXIT_INVALID
     except ModelsFileError as exc:
         count = len(exc.problems)
@@ -70,17 +74,36 @@ def run_validate(
             exc,
             f"{path.name} is invalid: {count} problem{'s' if count != 1 else ''}; "
             "byoc-orch will start nothing from it",
-            err,
+            to_err,
         )
         return EXIT_INVALID
     for index, entry in enumerate(models.entries):
-        print(describe_entry(index, entry, models.replicas.get(entry.worker_id, ())), file=out)
+        print(describe_entry(index, entry, models.replicas.get(entry.worker_id, ())), file=to_out)
     for warning in models.warnings:
-        print(f"warning: {warning}", file=out)
+        print(f"warning: {warning}", file=to_out)
     for line in _gpu_lines(models, host):
-        print(line, file=out)
-    print(_summary(models), file=out)
+        print(line, file=to_out)
+    print(_summary(models), file=to_out)
     return EXIT_OK
+
+
+class _Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+
+class _Printable:
+    """A text stream that writes what it cannot encode as escapes instead of failing."""
+
+    def __init__(self, stream: _Writer) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        encoding = getattr(self.stream, "encoding", None) or "utf-8"
+        try:
+            text.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
+        return self.stream.write(text)
 
 
 class _HostGpus:
@@ -107,12 +130,15 @@ def _load(
     reserved_ports: Mapping[int, str],
     host: _HostGpus,
     configured: tuple[str, ...] | None,
+    engine_socket: str | None,
 ) -> ModelsFile:
     """The file as the daemon would load it. NVML is asked only to check BYOC_ORCH_GPUS, or
     when the file is not valid without it or names GPUs or replicas."""
     if configured is None and host.reader is not None:
         try:
-            models = load_models(path, reserved_ports=reserved_ports)
+            models = load_models(
+                path, reserved_ports=reserved_ports, engine_socket=engine_socket
+            )
         except UnreadableModelsFileError:
             raise
         except ModelsFileError:
@@ -127,6 +153,7 @@ def _load(
         gpu_pool=pool_from(configured, inventory),
         pool_configured=configured is not None,
         gpu_inventory=inventory,
+        engine_socket=engine_socket,
     )
 
 
@@ -134,10 +161,10 @@ def _needs_host_gpus(entry: ModelEntry) -> bool:
     return entry.managed and (entry.replicated or names_gpus(entry))
 
 
-def print_problems(exc: ModelsFileError, verdict: str | None, err: TextIO | None = None) -> None:
+def print_problems(exc: ModelsFileError, verdict: str | None, err: _Writer | None = None) -> None:
     """Every warning and problem of a rejected aiModels.json, one per line, then the verdict
     (what was not done because of them)."""
-    err = err or sys.stderr
+    err = _Printable(err or sys.stderr)
     for warning in exc.warnings:
         print(f"warning: {warning}", file=err)
     for problem in exc.problems:
@@ -161,21 +188,45 @@ def _gpu_lines(models: ModelsFile, host: _HostGpus) -> list[str]:
 
 
 def describe_entry(index: int, entry: ModelEntry, slots: Sequence[ReplicaSlot] = ()) -> str:
-    """One line saying how an entry was understood; a replicated one lists its replicas."""
+    """One line saying how an entry was understood; a replicated one lists its replicas.
+    Credentials never show: a url's ``user:password@`` is written ``***@``."""
     temperature = "warm" if entry.warm else "cold"
     head = f"entry {index} {entry.capability}"
     if not entry.managed:
-        return f"{head}: external, {temperature}, url={entry.url}"
+        url = redact_url(entry.url) if entry.url is not None else None
+        return f"{head}: external, {temperature}, url={url}"
     head = f"{head}: managed, {temperature}, image={entry.image}"
+    if entry.url is not None and redact_url(entry.url) != entry.url:
+        head = f"{head}, url={redact_url(entry.url)}"
+    limits = _limits(entry)
     if entry.replicated:
         replicas = ", ".join(
             f"#{slot.index} 127.0.0.1:{slot.host_port} gpus={_shown(slot.gpus)}" for slot in slots
         )
-        return f"{head}, {len(slots)} replicas: {replicas}"
+        return f"{head}, {len(slots)} replicas: {replicas}{limits}"
     return (
         f"{head}, host port {entry.host_port}→{entry.container_port}, "
-        f"gpus={_shown(entry.gpu_request())}"
+        f"gpus={_shown(entry.gpu_request())}{limits}"
     )
+
+
+def _limits(entry: ModelEntry) -> str:
+    """The container limits an entry sets, as ", memory=8 GiB, cpus=2, cap_add=[NET_RAW]"."""
+    parts = []
+    if entry.memory is not None:
+        parts.append(f"memory={_bytes(entry.memory)}")
+    if entry.cpus is not None:
+        parts.append(f"cpus={entry.cpus:g}")
+    if entry.cap_add:
+        parts.append(f"cap_add=[{','.join(entry.cap_add)}]")
+    return "".join(f", {part}" for part in parts)
+
+
+def _bytes(size: int) -> str:
+    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= unit:
+            return f"{size / unit:.4g} {name}"
+    return f"{size} bytes"
 
 
 def _shown(request: GpuRequest | None) -> str:

@@ -20,7 +20,7 @@ import structlog
 
 from byoc_orch.aimodels import ModelEntry
 from byoc_orch.container_spec import ContainerSpec
-from byoc_orch.engine import Engine, EngineError
+from byoc_orch.engine import Engine, EngineError, EngineUnavailable
 from byoc_orch.gpu import GpuInfo
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
@@ -78,6 +78,9 @@ class Worker:
         self.requests = 0
         """Pass-through (batch) requests in flight: each holds a slot, as a session does."""
         self.draining = False
+        self.sessions_known = True
+        """False from adopting a running container until the streams it runs are known, so
+        no start is sent to a worker that may already be busy."""
         self.gpus: list[GpuInfo] | None = None
         """The host GPUs its container is given, when known (listed devices, or all)."""
         self.metrics = metrics or Metrics()
@@ -92,6 +95,10 @@ class Worker:
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[None] | None = None
+        self._acting: asyncio.Task[None] | None = None
+        self._acting_run = False
+        self._created: str | None = None
+        """The last container this worker created (whether or not its Started was applied)."""
         self._prober: HealthProber | None = None
         self._status_waiters: list[asyncio.Future[None]] = []
         self._log = log.bind(
@@ -113,8 +120,15 @@ class Worker:
 
     @property
     def routable(self) -> bool:
-        """Warm and not draining: it may take new sessions and requests."""
-        return self.status.state is State.WARM and not self.draining
+        """Warm, not draining, its running streams known: it may take new work."""
+        return self.status.state is State.WARM and not self.draining and self.sessions_known
+
+    @property
+    def reports_idle(self) -> bool:
+        """Its last health answer says it runs no stream (pytrickle's and ai-runner's IDLE)."""
+        probe = self.status.last_probe
+        word = (probe.reported or "").strip(" \t\r\n\x0b\x0c") if probe is not None else ""
+        return word.isascii() and word.upper() == "IDLE"
 
     @property
     def upstream_url(self) -> str:
@@ -156,6 +170,11 @@ class Worker:
         self.metrics.requests_in_flight.labels(*self.labels).set(self.requests)
         self._publish()
 
+    def notify(self) -> None:
+        """Something routing depends on changed outside the worker (its streams became known):
+        publish again."""
+        self._publish()
+
     def set_draining(self, draining: bool) -> None:
         """Draining: keep its sessions, take no new ones, and leave the advertised set."""
         if draining != self.draining:
@@ -182,11 +201,26 @@ class Worker:
             self._prober.close()
         return tasks
 
-    async def close(self) -> None:
-        """Stop following the worker; the container itself is left as it is."""
+    async def close(self, settle: float = 60.0) -> None:
+        """Stop following the worker; its known container is left as it is. An action in
+        flight is let finish (within `settle` seconds), and a container it created that the
+        worker never took in is removed."""
         for task in self.halt():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        acting = self._acting
+        if acting is not None and not acting.done():
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(acting), settle)
+        created = self._created
+        if created is not None and created != self.status.container_id:
+            self._log.info(
+                "removing a container created as the worker was closed", container_id=created[:12]
+            )
+            try:
+                await self._engine.remove(created)
+            except EngineError as exc:
+                self._log.warning("could not remove container", error=str(exc))
 
     async def wait_for(self, predicate: Callable[[Status], bool], timeout: float) -> Status:
         """Wait until the status satisfies `predicate` (used by reload and tests)."""
@@ -287,13 +321,26 @@ class Worker:
             self.metrics.probe_failures.labels(*labels, str(result.failure)).inc()
         self.post(Probed(result, target))
 
+    @property
+    def creating(self) -> bool:
+        """A container for this worker is being pulled for, created or started right now."""
+        return self._acting is not None and not self._acting.done() and self._acting_run
+
     async def _act(self) -> None:
         while True:
             action = await self._actions.get()
-            try:
-                await self._perform(action)
-            except Exception:
-                self._log.exception("worker action failed", action=type(action).__name__)
+            # Each action runs as a task of its own that the worker's cancellation does not
+            # reach: a create/start already sent to Docker finishes, and close() cleans up
+            # what it made, so no container is ever left behind untracked.
+            self._acting_run = isinstance(action, Pull | Run)
+            self._acting = asyncio.create_task(self._perform_logged(action))
+            await asyncio.shield(self._acting)
+
+    async def _perform_logged(self, action: Action) -> None:
+        try:
+            await self._perform(action)
+        except Exception:
+            self._log.exception("worker action failed", action=type(action).__name__)
 
     async def _perform(self, action: Action) -> None:
         spec = self.spec
@@ -311,7 +358,7 @@ class Worker:
                     result = await self._engine.ensure_image(spec.image, self.entry.pull)
                 except EngineError as exc:
                     self.metrics.image_pulls.labels("failed").inc()
-                    self.post(PullFailed(str(exc)))
+                    self.post(PullFailed(str(exc), isinstance(exc, EngineUnavailable)))
                     return
                 if not result.pulled:
                     self.metrics.image_pulls.labels("present").inc()
@@ -326,8 +373,9 @@ class Worker:
                 try:
                     info = await self._engine.run(spec)
                 except EngineError as exc:
-                    self.post(StartFailed(str(exc)))
+                    self.post(StartFailed(str(exc), isinstance(exc, EngineUnavailable)))
                     return
+                self._created = info.id
                 self.post(Started(info.id))
             case StopContainer(container_id):
                 try:

@@ -72,6 +72,9 @@ class Status:
     warm_since: float | None = None
     unhealthy_since: float | None = None
     last_probe: ProbeResult | None = None
+    waiting_for_engine: bool = False
+    """The last attempt failed only because Docker could not be reached: retried as soon as
+    it answers again, and not counted as a crash."""
 
     @property
     def advertised(self) -> bool:
@@ -109,6 +112,7 @@ class Pulled:
 @dataclass(frozen=True)
 class PullFailed:
     reason: str
+    engine_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,12 @@ class Started:
 @dataclass(frozen=True)
 class StartFailed:
     reason: str
+    engine_down: bool = False
+
+
+@dataclass(frozen=True)
+class EngineBack:
+    """Docker answers again after an outage."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ Event = (
     | Tick
     | Stop
     | Stopped
+    | EngineBack
 )
 
 # -- actions --------------------------------------------------------------------------------
@@ -211,14 +222,19 @@ def decide(status: Status, event: Event, now: float, policy: Policy) -> tuple[St
             return _starting(status, now, container_id, reason="adopted running container")
         case Pulled() if status.state is State.PULLING:
             return _move(status, State.STARTING, now, reason=""), [Run()]
-        case PullFailed(reason) if status.state is State.PULLING:
-            return _failure(status, now, policy, reason, state=State.FAILED)
+        case PullFailed(reason, engine_down) if status.state is State.PULLING:
+            return _failure(status, now, policy, reason, state=State.FAILED, engine=engine_down)
         case Started(container_id) if status.state is State.STARTING and not status.container_id:
             return _starting(status, now, container_id, reason="")
         case Started(container_id):
             return status, [Discard(container_id)]  # stopped or replaced while it started
-        case StartFailed(reason) if status.state is State.STARTING:
-            return _failure(status, now, policy, reason, state=State.FAILED)
+        case StartFailed(reason, engine_down) if status.state is State.STARTING:
+            return _failure(status, now, policy, reason, state=State.FAILED, engine=engine_down)
+        case EngineBack() if status.waiting_for_engine and status.state in (
+            State.BACKOFF,
+            State.FAILED,
+        ):
+            return _launch(replace(status, restarts=status.restarts + 1), now)
         case Probed(result, container_id):
             if status.managed and container_id is not None and container_id != status.container_id:
                 return status, []
@@ -247,6 +263,7 @@ def _launch(status: Status, now: float) -> tuple[Status, list[Action]]:
         State.PULLING,
         now,
         container_id=None,
+        waiting_for_engine=False,
         next_attempt_at=None,
         started_at=None,
         next_probe_at=None,
@@ -350,11 +367,19 @@ def _died(status: Status, now: float, policy: Policy, reason: str) -> tuple[Stat
 
 
 def _failure(
-    status: Status, now: float, policy: Policy, reason: str, state: State = State.BACKOFF
+    status: Status,
+    now: float,
+    policy: Policy,
+    reason: str,
+    state: State = State.BACKOFF,
+    *,
+    engine: bool = False,
 ) -> tuple[Status, list[Action]]:
-    """Withdraw, discard the container, and schedule the next attempt on the back-off."""
-    streak = status.crash_streak + 1
-    delay = backoff_delay(streak, policy)
+    """Withdraw, discard the container, and schedule the next attempt on the back-off. A
+    failure of Docker itself (`engine`) is not the worker's: its back-off does not grow, and
+    it is retried every `backoff_initial` seconds and at once when Docker answers again."""
+    streak = status.crash_streak if engine else status.crash_streak + 1
+    delay = policy.backoff_initial if engine else backoff_delay(streak, policy)
     actions: list[Action] = [Discard(status.container_id)] if status.container_id else []
     failed = _move(
         status,
@@ -367,6 +392,7 @@ def _failure(
         next_attempt_at=now + delay,
         probing=False,
         failures=0,
+        waiting_for_engine=engine,
     )
     if delay == 0:
         relaunched, more = _launch(replace(failed, restarts=failed.restarts + 1), now)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from byoc_orch.aimodels import GpuRequest, ModelEntry, parse_models
+from byoc_orch.aimodels import DROPPED_CAPABILITIES, GpuRequest, ModelEntry, parse_models
 from byoc_orch.container_spec import (
     LABEL_ENTRY,
     LABEL_INSTANCE,
@@ -200,3 +200,116 @@ def test_external_entry_is_refused() -> None:
     assert not external.managed
     with pytest.raises(ValueError, match="live-video-to-video/remote is not a managed entry"):
         build_container_spec(external, "default")
+
+
+# -- containment -----------------------------------------------------------------------------
+
+
+def test_every_container_is_contained_by_default() -> None:
+    spec = build_container_spec(entry(), "default")
+    assert spec.security_opt == ("no-new-privileges:true",)
+    assert spec.cap_drop == ("NET_RAW", "MKNOD", "SYS_CHROOT", "AUDIT_WRITE")
+    assert spec.cap_add == ()
+    assert spec.pids_limit == 4096
+    assert spec.log_driver == "json-file"
+    assert dict(spec.log_options) == {"max-size": "20m", "max-file": "5"}
+    assert spec.memory is None
+    assert spec.nano_cpus is None
+
+
+def test_host_access_entries_are_contained_too() -> None:
+    spec = build_container_spec(
+        entry(allow_host_access=True, privileged=True, pid_mode="host"), "default"
+    )
+    assert spec.security_opt == ("no-new-privileges:true",)
+    assert spec.cap_drop == DROPPED_CAPABILITIES
+    assert spec.pids_limit == 4096
+
+
+def test_cap_add_gives_dropped_capabilities_back() -> None:
+    spec = build_container_spec(entry(cap_add=["net_raw", "CAP_MKNOD"]), "default")
+    assert spec.cap_add == ("NET_RAW", "MKNOD")
+    assert spec.cap_drop == ("SYS_CHROOT", "AUDIT_WRITE")
+
+
+def test_cap_add_of_another_capability_keeps_every_drop() -> None:
+    spec = build_container_spec(entry(cap_add=["SYS_PTRACE"], allow_host_access=True), "default")
+    assert spec.cap_add == ("SYS_PTRACE",)
+    assert spec.cap_drop == DROPPED_CAPABILITIES
+
+
+def test_cap_add_all_drops_nothing() -> None:
+    spec = build_container_spec(entry(cap_add=["ALL"], allow_host_access=True), "default")
+    assert spec.cap_add == ("ALL",)
+    assert spec.cap_drop == ()
+
+
+def test_memory_and_cpus_limits() -> None:
+    spec = build_container_spec(entry(memory="512m", cpus=1.5), "default")
+    assert spec.memory == 512 << 20
+    assert spec.nano_cpus == 1_500_000_000
+    assert build_container_spec(entry(cpus=0.25), "default").nano_cpus == 250_000_000
+
+
+# Hashes an older byoc-orch (before the containment defaults, cap_add, memory and cpus) gave
+# these entries: their containers must still be adopted, not restarted, after an upgrade.
+HASHES_BEFORE_CONTAINMENT = {
+    "base": ({}, "3ecf18bbb67af3d0"),
+    "minimal": (
+        {
+            "pipeline": "p",
+            "model_id": "m",
+            "container": "example/worker:1",
+            "url": "http://127.0.0.1:9000",
+        },
+        "e91b87e9c89bb580",
+    ),
+    "options": (
+        {
+            **BASE,
+            "gpus": "none",
+            "command": ["python", "-m", "worker"],
+            "volumes": ["/srv/models:/models:ro"],
+            "shm_size": "2g",
+            "container_port": 9000,
+        },
+        "8d5bd704a23c8b96",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HASHES_BEFORE_CONTAINMENT))
+def test_entries_without_the_new_fields_keep_their_old_hash(name: str) -> None:
+    raw, old_hash = HASHES_BEFORE_CONTAINMENT[name]
+    assert build_container_spec(entry(raw or None), "default").spec_hash == old_hash
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"cap_add": ["NET_RAW"]}, {"memory": "1g"}, {"cpus": 2}],
+    ids=lambda change: next(iter(change)),
+)
+def test_hash_changes_when_cap_add_memory_or_cpus_is_set(change: dict[str, Any]) -> None:
+    assert spec_hash_of(**change) != spec_hash_of()
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ({"cap_add": []}, {}),
+        ({"cap_add": ["NET_RAW", "MKNOD"]}, {"cap_add": ["cap_mknod", "net_raw"]}),
+        ({"memory": "1g"}, {"memory": 1 << 30}),
+        ({"cpus": 2}, {"cpus": 2.0}),
+    ],
+    ids=["empty-cap-add", "cap-add-order-and-spelling", "memory-spelling", "cpus-spelling"],
+)
+def test_hash_ignores_how_cap_add_memory_and_cpus_are_written(
+    one: dict[str, Any], other: dict[str, Any]
+) -> None:
+    assert spec_hash_of(**one) == spec_hash_of(**other)
+
+
+def test_hash_tells_different_limits_apart() -> None:
+    assert spec_hash_of(memory="1g") != spec_hash_of(memory="2g")
+    assert spec_hash_of(cpus=1) != spec_hash_of(cpus=1.5)
+    assert spec_hash_of(cap_add=["NET_RAW"]) != spec_hash_of(cap_add=["MKNOD"])

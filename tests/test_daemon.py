@@ -362,6 +362,8 @@ async def test_external_entry_follows_its_health(harness: Harness, instance: str
         async with running(harness, instance, [external]) as daemon:
             worker = only(daemon)
             await eventually(lambda: worker.status.state is State.WARM, what="external warm")
+            # Listed once byoc-orch knows which streams it already runs (none here).
+            await eventually(lambda: worker.routable, what="its streams known")
             assert await listed(daemon) == ["text-to-image/external"]
             process.terminate()
             process.wait(5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -382,3 +383,37 @@ def test_signal_exits_zero_quickly(spawn: Callable[..., DemoWorker], signum: int
 def _swallow(call: Callable[[], object]) -> None:
     with contextlib.suppress(httpx.HTTPError):
         call()
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    assert match is not None, status
+    return int(match.group(1)) / 1024
+
+
+def test_allocate_mb_really_uses_that_much_memory(spawn: Callable[..., DemoWorker]) -> None:
+    worker = spawn(DEMO_ALLOCATE_MB="96")
+    done = wait_for(lambda: worker.event("allocated"))
+    assert done["mb"] == 96
+    assert worker.event("allocating") is not None
+    assert _rss_mib(worker.proc.pid) >= 96
+    assert worker.health() == "IDLE"
+    assert worker.get("/_demo/info").json()["config"]["allocate_mb"] == 96
+
+
+def test_no_allocation_by_default(ready: DemoWorker) -> None:
+    assert ready.get("/_demo/info").json()["config"]["allocate_mb"] == 0
+    assert ready.event("allocating") is None
+    assert _rss_mib(ready.proc.pid) < 96
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "1.5"])
+def test_allocate_mb_must_be_a_whole_number(spawn: Callable[..., DemoWorker], value: str) -> None:
+    worker = spawn(listen=False, DEMO_ALLOCATE_MB=value)
+    assert worker.proc.wait(timeout=5) == 1
+    assert worker.proc.stderr is not None
+    assert "DEMO_ALLOCATE_MB" in worker.proc.stderr.read()

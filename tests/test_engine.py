@@ -462,3 +462,140 @@ async def test_event_stream_reconnects_and_replays_what_it_missed(
     finally:
         await events.aclose()
         await engine.close()
+
+
+# -- containment --------------------------------------------------------------------------------
+
+# Capability numbers (linux/capability.h) of the four byoc-orch drops, and of one it keeps.
+CAP_BITS = {"NET_RAW": 13, "SYS_CHROOT": 18, "MKNOD": 27, "AUDIT_WRITE": 29}
+CAP_CHOWN = 0
+SHOW_LIMITS = (
+    "cat /proc/self/status; "
+    "echo memory.max=$(cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    " 2>/dev/null); "
+    "echo pids.max=$(cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null); "
+    "echo limits-shown; exec sleep 300"
+)
+
+
+def _status_field(logs: str, name: str) -> str:
+    line = next(line for line in logs.splitlines() if line.startswith(f"{name}:"))
+    return line.split(":", 1)[1].strip()
+
+
+def _shown(logs: str, name: str) -> str:
+    return next(line for line in logs.splitlines() if line.startswith(f"{name}="))[len(name) + 1 :]
+
+
+async def test_containers_are_created_contained(
+    engine: Engine, harness: Harness, instance: str, docker_client: docker.DockerClient
+) -> None:
+    info = await engine.run(sleeper(harness, instance, command=["sh", "-c", SHOW_LIMITS]))
+    host = docker_client.api.inspect_container(info.id)["HostConfig"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["CapDrop"] == ["NET_RAW", "MKNOD", "SYS_CHROOT", "AUDIT_WRITE"]
+    assert not host["CapAdd"]
+    assert host["PidsLimit"] == 4096
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "20m", "max-file": "5"},
+    }
+    assert host["Memory"] == 0 and host["MemorySwap"] == 0 and host["NanoCpus"] == 0
+
+    # What the kernel enforces on the container's processes, as they see it.
+    logs = await container_logs(docker_client, info.id, "limits-shown")
+    assert _status_field(logs, "NoNewPrivs") == "1"
+    bounding = int(_status_field(logs, "CapBnd"), 16)
+    assert bounding & (1 << CAP_CHOWN), "Docker's other default capabilities are kept"
+    for name, bit in CAP_BITS.items():
+        assert not bounding & (1 << bit), f"{name} is still in the bounding set"
+    assert _shown(logs, "pids.max") == "4096"
+
+
+async def test_memory_cpus_and_cap_add_reach_the_container(
+    engine: Engine, harness: Harness, instance: str, docker_client: docker.DockerClient
+) -> None:
+    spec = sleeper(
+        harness,
+        instance,
+        command=["sh", "-c", SHOW_LIMITS],
+        memory="64m",
+        cpus=0.5,
+        cap_add=["NET_RAW"],
+    )
+    assert spec.memory == 64 << 20 and spec.nano_cpus == 500_000_000
+    info = await engine.run(spec)
+    host = docker_client.api.inspect_container(info.id)["HostConfig"]
+    assert host["Memory"] == 64 << 20
+    assert host["MemorySwap"] == 64 << 20, "no swap on top of the memory limit"
+    assert host["NanoCpus"] == 500_000_000
+    assert host["CapAdd"] == ["NET_RAW"]
+    assert host["CapDrop"] == ["MKNOD", "SYS_CHROOT", "AUDIT_WRITE"]
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+
+    logs = await container_logs(docker_client, info.id, "limits-shown")
+    bounding = int(_status_field(logs, "CapBnd"), 16)
+    assert bounding & (1 << CAP_BITS["NET_RAW"]), "cap_add gave NET_RAW back"
+    assert not bounding & (1 << CAP_BITS["MKNOD"])
+    assert int(_shown(logs, "memory.max")) == 64 << 20
+
+
+async def test_reference_worker_serves_with_every_limit_on(
+    engine: Engine, harness: Harness, instance: str
+) -> None:
+    port = free_port()
+    entry = make_entry(
+        harness.worker_image,
+        port,
+        gpus="none",
+        memory="256m",
+        cpus=1,
+        env={"DEMO_LOAD_SECONDS": "0"},
+    )
+    await engine.run(build_container_spec(entry, instance))
+
+    async def idle() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                reply = await client.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return bool(reply.json() == {"status": "IDLE"})
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    await eventually(idle, what="the demo worker's /health IDLE under the limits")
+
+
+async def test_out_of_memory_is_reported_as_oom(
+    engine: Engine, harness: Harness, instance: str
+) -> None:
+    """A worker that allocates beyond its limit is killed by the kernel, and the engine says
+    so: an `oom` event before the `die` event (what the daemon names the crash by), and
+    OOMKilled on inspection."""
+    spec = make_spec(
+        harness.worker_image,
+        instance,
+        gpus="none",
+        memory="64m",
+        env={"DEMO_LOAD_SECONDS": "0", "DEMO_ALLOCATE_MB": "512"},
+    )
+    events = engine.events()
+    try:
+        info = await engine.run(spec)
+        seen: list[EngineEvent] = []
+
+        def collect(event: EngineEvent) -> bool:
+            if event.container_id == info.id:
+                seen.append(event)
+            return event.container_id == info.id and event.action == "die"
+
+        died = await next_event(events, collect, within=30)
+    finally:
+        await events.aclose()
+    actions = [event.action for event in seen]
+    assert "oom" in actions, actions
+    assert actions.index("oom") < actions.index("die"), actions
+    assert died.exit_code == 137
+    assert died.worker_id == info.worker_id
+    inspected = await engine.inspect(info.id)
+    assert inspected.oom_killed
+    assert inspected.exit_code == 137

@@ -385,19 +385,24 @@ async def test_without_a_token_session_calls_are_open(harness: Harness, instance
 
 
 HEALTHY = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"status": "ok"}'
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 async def _silent_server() -> tuple[asyncio.Server, int]:
-    """Healthy, but never answers anything else: the proxy's timeout must fire."""
+    """A healthy batch worker (no session routes) that never answers a job: the proxy's
+    timeout must fire."""
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                if not head.startswith(b"GET /health"):
+                if head.startswith(b"GET /health"):
+                    writer.write(HEALTHY)
+                elif b"/stream/status" in head.split(b"\r\n", 1)[0]:
+                    writer.write(NOT_FOUND)
+                else:
                     await reader.read()
                     break
-                writer.write(HEALTHY)
                 await writer.drain()
         writer.close()
 
@@ -467,7 +472,8 @@ async def test_worker_cookies_are_relayed_not_kept(tmp_path: Any) -> None:
                 writer.write(HEALTHY)
                 await writer.drain()
                 continue
-            seen.append(cookie[0] if cookie else "")
+            if b"/stream/status" not in head.split(b"\r\n", 1)[0]:
+                seen.append(cookie[0] if cookie else "")
             writer.write(
                 b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\n"
                 b"Content-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"

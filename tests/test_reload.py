@@ -171,3 +171,55 @@ async def test_reload_is_guarded_by_the_api_token(
             assert ok.json()["result"] == "applied"
     finally:
         await daemon.stop()
+
+
+async def test_a_reload_storm_leaves_exactly_the_last_files_containers(
+    harness: Harness, instance: str, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """Reloads 0.1 s apart, valid and invalid files alternating, entries coming and going
+    while their containers are still being created: afterwards exactly the last valid file's
+    containers run, and no wanted worker failed on a name clash."""
+    path = tmp_path / "aiModels.json"
+    keep = worker_entry(harness, "storm-keep")
+    write(path, [keep])
+    settings = settings_for(harness, instance, models_path=path, reconcile_interval=1.0)
+    daemon = Daemon(settings, load_models(path, reserved_ports=reserved_ports(settings)))
+    await daemon.start()
+    try:
+        await all_warm(daemon)
+        reloads = []
+        last: list[dict[str, Any]] = [keep]
+        for round_ in range(20):
+            if round_ % 2:
+                path.write_text('[{"pipeline": "broken"')
+            else:
+                last = [keep, worker_entry(harness, f"storm-{round_ % 3}")]
+                write(path, last)
+            reloads.append(asyncio.create_task(daemon.reload()))
+            await asyncio.sleep(0.1)
+        results = await asyncio.gather(*reloads, return_exceptions=True)
+        assert any(not isinstance(r, BaseException) for r in results)
+        wanted = {e["model_id"] for e in last}
+        await eventually(
+            lambda: {w.entry.model_id for w in daemon.workers.values()} == wanted
+            and len(daemon.registry.warm()) == len(wanted),
+            within=30,
+            what="the last valid file applied and warm",
+        )
+
+        def ours() -> set[str]:
+            return {
+                c.labels.get("byoc-orch.model-id", "")
+                for c in docker_client.containers.list(
+                    all=True, filters={"label": f"byoc-orch.instance={instance}"}
+                )
+            }
+
+        await eventually(
+            lambda: ours() == wanted, within=30, what="no container of a removed entry left"
+        )
+        assert all(w.status.state == "warm" for w in daemon.workers.values())
+        failures = [w.status.last_failure for w in daemon.workers.values() if w.status.last_failure]
+        assert not [f for f in failures if "already in use" in f], failures
+    finally:
+        await daemon.stop()

@@ -18,6 +18,9 @@ class UnixProxy:
         self._upstream = upstream
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.stalled = False
+        """While set, connections are accepted and requests read, but nothing is forwarded:
+        a Docker API that hangs."""
 
     @property
     def docker_host(self) -> str:
@@ -39,6 +42,12 @@ class UnixProxy:
         self.listen.unlink(missing_ok=True)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.stalled:
+            self._writers.add(client_w)
+            with contextlib.suppress(Exception):
+                while await client_r.read(65536):
+                    pass
+            return
         upstream_r, upstream_w = await asyncio.open_unix_connection(self._upstream)
         self._writers.update((client_w, upstream_w))
         await asyncio.gather(

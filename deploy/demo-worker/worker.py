@@ -5,7 +5,8 @@ A standard-library-only HTTP server that speaks the worker contract byoc-orch re
 ``/api/stream/*``. Status codes and bodies follow pytrickle's ``server.py`` so that byoc-orch's
 pass-through behaviour is tested against what real workers answer, without needing a GPU,
 aiohttp or trickle media. Env switches (``DEMO_*``) simulate slow loads, errors, hangs and
-crashes. It runs as PID 1 in a container, hence the explicit SIGTERM handler.
+crashes, or (``DEMO_ALLOCATE_MB``) memory use beyond a container's limit. It runs as PID 1 in
+a container, hence the explicit SIGTERM handler.
 
 Operators can read it as a minimal example of what a BYOC worker must serve.
 """
@@ -43,6 +44,16 @@ def _env_float(name: str, default: float | None) -> float | None:
         sys.exit(f"demo-worker: {name} must be a number of seconds, got {raw!r}")
 
 
+def _env_mb(name: str) -> int:
+    """Read a whole number of MiB from the environment; empty or unset means 0."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return 0
+    if not (raw.isascii() and raw.isdigit()):
+        sys.exit(f"demo-worker: {name} must be a whole number of MiB, got {raw!r}")
+    return int(raw)
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -59,6 +70,7 @@ class Config:
     exit_after: float | None
     exit_code: int
     exit_at_start: bool
+    allocate_mb: int
     routes: str
     auth_token_set: bool
 
@@ -81,6 +93,7 @@ class Config:
             exit_after=_env_float("DEMO_EXIT_AFTER", None),
             exit_code=int(os.environ.get("DEMO_EXIT_CODE", "1")),
             exit_at_start=_env_flag("DEMO_EXIT_AT_START"),
+            allocate_mb=_env_mb("DEMO_ALLOCATE_MB"),
             routes=routes,
             auth_token_set=token is not None,
         )
@@ -553,6 +566,17 @@ def _after(seconds: float | None, action: Callable[[], None]) -> None:
     timer.start()
 
 
+_held: list[bytes] = []  # what DEMO_ALLOCATE_MB allocated, held until exit
+
+
+def _allocate(mb: int) -> None:
+    """Allocate ``mb`` MiB, one MiB at a time, writing every page so it is really used."""
+    emit("allocating", mb=mb)
+    for _ in range(mb):
+        _held.append(b"\x5a" * (1 << 20))
+    emit("allocated", mb=mb)
+
+
 def main() -> int:
     config, token = Config.from_env()
     if config.exit_at_start:
@@ -575,6 +599,8 @@ def main() -> int:
     _after(config.load_seconds, ready)
     _after(config.error_after, lambda: emit("error"))
     _after(config.exit_after, crash)
+    if config.allocate_mb:
+        _after(0.0, lambda: _allocate(config.allocate_mb))
 
     # The handler only flips a flag: taking locks (Event.set) inside a signal handler can
     # deadlock against the interrupted main thread. The main loop polls the flag instead.

@@ -12,7 +12,9 @@ one image → one pull), `healthy` (first healthy → listed), `crash` (SIGKILL 
 go-livepeer's 5 s × 2 polling), `restart` (adoption beside recreate-everything, N = 1, 4, 8),
 `proxy` (session start/stop through byoc-orch beside direct), `scale` (CPU and RSS polling
 32/128/256 external workers), `replicas` (8 replicas → one pull, session routing over 8
-replicas beside 1, the capability staying listed through a rolling replacement of 4).
+replicas beside 1, the capability staying listed through a rolling replacement of 4), `batch`
+(the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
+small-request added latency; 32 concurrent clients beside direct).
 `python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from byoc_orch.logging import configure_logging
+from tests.bench.batch import batch
 from tests.bench.common import (
     BenchUnavailable,
     Figure,
@@ -57,6 +60,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "proxy": proxy,
     "scale": scale,
     "replicas": replicas,
+    "batch": batch,
 }
 
 

@@ -56,7 +56,8 @@ class Figure:
     """One row of the table: a measure over repeated trials, and how it compares to its target.
 
     `judge` picks the statistic the target is about (p50, p99, max, mean); `limit` is the
-    bound it must not exceed (`strict`: must stay below). No limit: a reference figure.
+    bound it must not exceed (`strict`: must stay below), or with `at_least` the floor it must
+    reach. No limit: a reference figure.
     """
 
     key: str
@@ -70,6 +71,7 @@ class Figure:
     minimum: float | None = None
     note: str = ""
     show_p99: bool = True
+    at_least: bool = False
 
     def stat(self, name: str) -> float | None:
         if not self.samples:
@@ -94,6 +96,8 @@ class Figure:
             return None
         if self.minimum is not None and min(self.samples) < self.minimum:
             return False
+        if self.at_least:
+            return value > self.limit if self.strict else value >= self.limit
         return value < self.limit if self.strict else value <= self.limit
 
     def as_json(self) -> dict[str, Any]:
@@ -106,6 +110,7 @@ class Figure:
             "target": self.target or None,
             "judged_on": self.judge if self.limit is not None else None,
             "limit": self.limit,
+            "limit_is_floor": self.at_least,
             "met": self.met,
             "note": self.note or None,
             "samples": self.samples,
@@ -115,7 +120,7 @@ class Figure:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit in ("ms", "s", "%", "MB"):
+    if unit in ("ms", "s", "%", "MB", "MiB", "MB/s", "req/s"):
         digits = 3 if unit == "s" else 1 if abs(value) >= 10 or unit != "ms" else 2
         return f"{value:.{digits}f} {unit}"
     return f"{value:g}" + (f" {unit}" if unit else "")
