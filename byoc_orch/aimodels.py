@@ -6,6 +6,12 @@ go-livepeer accepts too. byoc-orch's own fields are ones go-livepeer ignores. Lo
 stops at the first mistake: every problem is reported with the entry index (as ``jq '.[N]'``
 counts), its model_id, the field and the fix, because an operator fixing a file one error per
 restart is the failure this module exists to prevent.
+
+Loading is total: whatever the file holds (a FIFO, 20 MiB, nesting a thousand deep, a
+5,000-digit number, NUL bytes, unpaired surrogates), `load_models` and `parse_models` return or
+raise ModelsFileError, within the MAX_* bounds below, and no message carries a NUL, a token or
+a url's password. Volume host paths are checked as this host resolves them (symlinks, '..',
+'//'), so a link to the Docker socket is the Docker socket.
 """
 
 from __future__ import annotations
@@ -122,6 +128,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 MAX_NUMBER_CHARS = 100
 MAX_ENTRIES = 1024
+MAX_VOLUMES = 256
 # Bounds on numbers that have no natural limit; each is far past any real use.
 MAX_CAPACITY = 10_000
 MAX_GPU_COUNT = 1024
@@ -235,9 +242,7 @@ class _Issue(NamedTuple):
 def _invalid(message: str, fix: str, at: Loc = ()) -> PydanticCustomError:
     """A validation error that carries its fix, so the loader can report both; ``at`` is where
     inside the field's value the problem is (a list position, a key)."""
-    return PydanticCustomError(
-        "byoc_orch", "{message}", {"message": message, "fix": fix, "at": at}
-    )
+    return PydanticCustomError("byoc_orch", "{message}", {"message": message, "fix": fix, "at": at})
 
 
 # --------------------------------------------------------------------------- field types
@@ -478,9 +483,7 @@ def _check_gpu_list(devices: list[object]) -> list[object]:
         raise _invalid("the device list is empty", 'use "none" for no GPUs, or list devices')
     for device in devices:
         is_index = (
-            isinstance(device, int)
-            and not isinstance(device, bool)
-            and 0 <= device < MAX_GPU_COUNT
+            isinstance(device, int) and not isinstance(device, bool) and 0 <= device < MAX_GPU_COUNT
         )
         is_uuid = isinstance(device, str) and bool(device) and not re.search(r"[\s,]", device)
         if not (is_index or is_uuid):
@@ -497,9 +500,7 @@ def _check_gpu_list(devices: list[object]) -> list[object]:
 GpuSpec = Annotated[
     Literal["all", "none"]
     | Annotated[int, Field(ge=1, le=MAX_GPU_COUNT)]
-    | Annotated[
-        list[Annotated[int, Field(ge=0, lt=MAX_GPU_COUNT)] | str], Field(min_length=1)
-    ],
+    | Annotated[list[Annotated[int, Field(ge=0, lt=MAX_GPU_COUNT)] | str], Field(min_length=1)],
     BeforeValidator(_check_gpus),
 ]
 
@@ -580,7 +581,7 @@ def _size_bounds(value: int, *, minimum: int, why: str) -> int:
     if value < minimum:
         raise _invalid(
             f"must be at least {_show_bytes(minimum)}{why}, got {_show_bytes(value)}",
-            f"use {_show_bytes(minimum)} or more, e.g. \"512m\" or \"8g\"",
+            f'use {_show_bytes(minimum)} or more, e.g. "512m" or "8g"',
         )
     if value > MAX_SIZE_BYTES:
         raise _invalid(
@@ -643,7 +644,11 @@ def _check_capabilities(value: object) -> object:
         name = item.strip().upper()
         name = name.removeprefix("CAP_")
         if name != "ALL" and name not in CAPABILITIES:
-            close = difflib.get_close_matches(name, sorted(CAPABILITIES), n=1, cutoff=0.75)
+            close = (
+                difflib.get_close_matches(name, sorted(CAPABILITIES), n=1, cutoff=0.75)
+                if len(name) <= 64
+                else []
+            )
             hint = f"did you mean {json.dumps(close[0])}? " if close else ""
             raise _invalid(
                 f"{_describe(item)} is not a Linux capability",
@@ -826,8 +831,10 @@ class ModelEntry(BaseModel):
     )
     volumes: list[Volume] = Field(
         default_factory=list,
-        description="Bind mounts, 'host_path:container_path[:ro|:rw]', both absolute. "
-        "Mounting the Docker socket needs allow_host_access.",
+        max_length=MAX_VOLUMES,
+        description="Bind mounts, 'host_path:container_path[:ro|:rw]', both absolute. A host "
+        "path that resolves to the Docker or containerd socket, a directory holding one, "
+        "/proc, /sys, /dev or /, or to /etc mounted writable, needs allow_host_access.",
     )
     shm_size: ShmSize | None = Field(
         default=None,
@@ -854,7 +861,7 @@ class ModelEntry(BaseModel):
     )
     cap_add: CapAdd = Field(
         default=(),
-        description="Linux capabilities to add, e.g. [\"NET_RAW\"] (with or without CAP_, any "
+        description='Linux capabilities to add, e.g. ["NET_RAW"] (with or without CAP_, any '
         "case). byoc-orch drops " + ", ".join(DROPPED_CAPABILITIES) + " from Docker's "
         "default set; adding one of those back is free, any other needs allow_host_access.",
     )
@@ -1258,8 +1265,8 @@ def _volume_exposure(volume: str, host_paths: _HostPaths) -> tuple[str, str] | N
 
     for form, verb in forms:
         for socket in host_paths.sockets:
-            where = reach(form, socket)
-            if where is not None and (form == socket or _within(socket, form)):
+            if _within(socket, form):  # the socket itself, or a directory holding it
+                where = socket if form == socket else f"{form}, which holds {socket}"
                 return (
                     f"{shown} exposes the Docker socket: it {verb} {where}, the Docker engine "
                     "socket, which gives the container root on the host",
@@ -1273,18 +1280,18 @@ def _volume_exposure(volume: str, host_paths: _HostPaths) -> tuple[str, str] | N
             )
     for form, verb in forms:
         for directory in _CONTAINERD_DIRS:
-            where = reach(form, directory)
-            if where is not None:
+            reached = reach(form, directory)
+            if reached is not None:
                 return (
-                    f"{shown} exposes containerd: it {verb} {where}, containerd's socket and "
+                    f"{shown} exposes containerd: it {verb} {reached}, containerd's socket and "
                     "state, which control every container on the host",
                     _VOLUME_FIX,
                 )
         for directory, what in _KERNEL_PATHS:
-            where = reach(form, directory)
-            if where is not None:
+            reached = reach(form, directory)
+            if reached is not None:
                 return (
-                    f"{shown} exposes the host's {directory}: it {verb} {where}, {what}",
+                    f"{shown} exposes the host's {directory}: it {verb} {reached}, {what}",
                     _VOLUME_FIX,
                 )
         if writable and _within(form, "/etc"):
@@ -1850,6 +1857,7 @@ def _unknown_keys(raw: dict[str, Any], at: partial[Problem]) -> tuple[list[Probl
     by_lower = {name.lower(): name for name in known}
     problems: list[Problem] = []
     warnings: list[Problem] = []
+    unknown = 0
     for key in raw:
         if key in ModelEntry.model_fields:
             continue
@@ -1858,16 +1866,30 @@ def _unknown_keys(raw: dict[str, Any], at: partial[Problem]) -> tuple[list[Probl
             reader = "go-livepeer reads it as" if exact in GO_LIVEPEER_FIELDS else "it looks like"
             problems.append(
                 at(
-                    key,
+                    _render_loc((key,)),
                     f"field names are case-sensitive here ({reader} {json.dumps(exact)})",
                     f"rename it to {json.dumps(exact)}",
                 )
             )
             continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        unknown += 1
+        if unknown > _MAX_UNKNOWN_KEY_WARNINGS:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if len(key) <= 64 else []
         fix = f"did you mean {json.dumps(close[0])}?" if close else "remove it if it is a typo"
-        warnings.append(at(key, "unknown field, ignored", fix))
+        warnings.append(at(_render_loc((key,)), "unknown field, ignored", fix))
+    if unknown > _MAX_UNKNOWN_KEY_WARNINGS:
+        warnings.append(
+            at(
+                None,
+                f"{unknown - _MAX_UNKNOWN_KEY_WARNINGS} more unknown fields, ignored",
+                "remove the fields byoc-orch and go-livepeer do not read",
+            )
+        )
     return problems, warnings
+
+
+_MAX_UNKNOWN_KEY_WARNINGS = 20
 
 
 _STAND_INS = {
@@ -1966,6 +1988,9 @@ def _wording(error: ErrorDetails, loc: Loc) -> tuple[str, str]:
         return "must not be empty", "give it a value"
     if kind == "too_short":
         return "must not be empty", f'give at least one item, or remove "{name}"'
+    if kind == "too_long":
+        limit = ctx.get("max_length")
+        return f"has more than {limit} items", f"keep at most {limit}"
     return error["msg"], "see the aiModels.json schema in config/aimodels.schema.json"
 
 

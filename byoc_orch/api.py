@@ -7,6 +7,7 @@ import contextlib
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import Receive, Scope, Send
@@ -15,6 +16,7 @@ from byoc_orch import __version__
 from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
+from byoc_orch.openapi_proxy import proxy_paths
 from byoc_orch.proxy import SessionProxy, WorkerBrokeOff
 from byoc_orch.routes import PROXY_PREFIX
 
@@ -30,9 +32,15 @@ class ProxyFirst:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PROXY_PREFIX):
-            worker_id, _, rest = scope["path"][len(PROXY_PREFIX) :].partition("/")
+            # The path past the id goes to the worker exactly as the client wrote it
+            # (percent-encoding kept), so nothing is decoded and re-encoded on the way.
+            raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+            worker_id, _, rest = raw[len(PROXY_PREFIX) :].partition(b"/")
             if worker_id:
-                scope["path_params"] = {"worker_id": worker_id, "path": rest}
+                scope["path_params"] = {
+                    "worker_id": worker_id.decode("latin-1"),
+                    "path": rest.decode("latin-1"),
+                }
                 response = await self._proxy.handle_worker(Request(scope, receive))
                 with contextlib.suppress(WorkerBrokeOff):
                     # The response was started: returning without finishing it makes the
@@ -64,23 +72,25 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         return [c.as_aimodels_entry(with_free=True) for c in daemon.registry.warm()]
 
     @app.get("/sessions")
-    async def sessions(include_ended: bool = True) -> list[dict[str, Any]]:
-        """Live sessions (starting, active) first, then recently ended ones, newest first."""
+    async def sessions(request: Request, include_ended: bool = True) -> list[dict[str, Any]]:
+        """Live sessions (starting, active) first, then recently ended ones, newest first. The
+        streams' URLs only with the API token (when one is set)."""
         table = daemon.sessions
-        listed = [s.describe() for s in table.live()]
+        urls = daemon.guard.allowed(request)
+        listed = [s.describe(with_urls=urls) for s in table.live()]
         if include_ended:
-            listed += [s.describe() for s in table.ended()]
+            listed += [s.describe(with_urls=urls) for s in table.ended()]
         return listed
 
     @app.get("/sessions/{session_id}")
-    async def session(session_id: str) -> JSONResponse:
+    async def session(request: Request, session_id: str) -> JSONResponse:
         found = daemon.sessions.get(session_id)
         if found is None:
             return JSONResponse(
                 {"error": f"no session {session_id!r}", "fix": "GET /sessions lists them"},
                 status_code=404,
             )
-        return JSONResponse(found.describe())
+        return JSONResponse(found.describe(with_urls=daemon.guard.allowed(request)))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -165,4 +175,20 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         for op in ("start", "stop", "params", "update"):
             app.add_route(f"{prefix}/{op}", proxy.handle_routed, methods=["POST"])
         app.add_route(f"{prefix}/status", proxy.handle_routed, methods=["GET", "HEAD"])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description="byoc-orch's HTTP API: status, capabilities, sessions, metrics and "
+                "the session proxy. Reads are open; calls that change something (and every "
+                "call through the proxy) need BYOC_ORCH_API_TOKEN when one is set.",
+                routes=app.routes,
+            )
+            schema["paths"].update(proxy_paths())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return ProxyFirst(app, proxy)

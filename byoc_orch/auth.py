@@ -18,14 +18,16 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Guard:
     """`denied(request)` is None when the call may go ahead: no token configured, a read, a
     caller in a trusted network, or the right bearer token (compared in constant time, never
-    echoed); otherwise the 401 to send."""
+    echoed); otherwise the 401 to send. `allowed` asks the same without a response."""
 
     def __init__(self, token: str | None, trusted: Sequence[Network] = ()) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
         self._trusted = tuple(trusted)
 
-    def denied(self, request: Request) -> Response | None:
-        if self._expected is None or request.method in READ_METHODS:
+    def denied(self, request: Request, *, reads_too: bool = False) -> Response | None:
+        """`reads_too`: a read needs the token as well (a call through the proxy acts with the
+        worker's own credential, whatever its method)."""
+        if self._expected is None or (request.method in READ_METHODS and not reads_too):
             return None
         if self._trusted and _client_in(request, self._trusted):
             return None
@@ -40,6 +42,10 @@ class Guard:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+    def allowed(self, request: Request) -> bool:
+        return self.denied(request, reads_too=True) is None
 
 
 def token_denied(request: Request, token: str | None) -> Response | None:

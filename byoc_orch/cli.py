@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             reserved_ports=reserved_ports(settings),
             gpu_inventory=_inventory_reader(settings),
             gpu_pool_setting=settings.gpu_pool_setting,
+            engine_socket=settings.docker_host,
         )
     if args.command == "export":
         return _export(settings, args.what, include_token=args.include_token)
@@ -159,6 +160,7 @@ def _load_placed(settings: Settings) -> ModelsFile:
         gpu_pool=pool_from(settings.gpu_pool_setting, inventory),
         pool_configured=settings.gpu_pool_setting is not None,
         gpu_inventory=inventory,
+        engine_socket=settings.docker_host,
     )
 
 

@@ -529,6 +529,7 @@ class Daemon:
                             gpu_pool=self.gpu_pool,
                             pool_configured=self.settings.gpu_pool_setting is not None,
                             gpu_inventory=self.gpu_inventory,
+                            engine_socket=self.settings.docker_host,
                         )
                     )
                 except ModelsFileError as exc:

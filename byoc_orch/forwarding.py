@@ -57,8 +57,8 @@ class AnswerTooLarge(Exception):
 
 @dataclass(frozen=True)
 class Unreachable:
-    """The worker gave no answer: `status` is 502 (could not be reached, or broke off) or 504
-    (too slow)."""
+    """The worker gave no answer: `status` is 502 (could not be reached, or broke off), 504
+    (too slow), or 400 (the request could not be put on the wire at all)."""
 
     status: int
     message: str
@@ -211,6 +211,13 @@ async def forward(
     the call in byoc-orch's own errors."""
     try:
         return await connections.open(origin, method, target, headers, body, deadlines)
+    except httpcore.LocalProtocolError:
+        return Unreachable(
+            400,
+            "the request cannot be passed on: its path or a header value has characters HTTP "
+            "does not allow (NUL, CR or LF, or a raw non-ASCII byte in the path)",
+            fix="percent-encode the path and remove control characters from header values",
+        )
     except httpcore.TimeoutException as exc:
         return too_slow(what, exc)
     except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:

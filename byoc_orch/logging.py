@@ -23,7 +23,8 @@ REDACTED = "[redacted]"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _SECRET_IN_TEXT = re.compile(
     r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}"
-    r"|(?P<param>\b[\w.-]*(?:token|secret|password|passwd|api[_-]?key)=)[^&\s\"']+",
+    r"|(?P<param>\b[\w.-]*(?:token|secret|password|passwd|api[_-]?key)=)[^&\s\"']+"
+    r"|(?P<userinfo>\b[a-z][a-z0-9+.-]*://)[^/@\s\"']+@",
     re.I,
 )
 
@@ -43,6 +44,8 @@ def _redacted(key: str, value: Any) -> Any:
 
 
 def _mask(match: re.Match[str]) -> str:
+    if match.group("userinfo"):
+        return match.group("userinfo") + REDACTED + "@"
     return (match.group("scheme") or match.group("param")) + REDACTED
 
 

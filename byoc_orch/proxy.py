@@ -88,6 +88,7 @@ class WorkerBrokeOff(Exception):
 UNKNOWN_SESSION_PREFIX = "byoc-orch:unknown-stream:"
 """Id of the placeholder holding a worker busy when it runs a stream it cannot name."""
 SESSION_ANSWER_LIMIT = 1024 * 1024
+MAX_JSON_DEPTH = 64
 """Largest answer to a session call byoc-orch reads (status answers are a few hundred bytes)."""
 T = TypeVar("T")
 
@@ -167,7 +168,7 @@ class SessionProxy:
                 fix="GET /capabilities lists the entries' URLs, GET /workers every replica",
             )
         path = request.path_params.get("path", "")
-        denied = self._guard.denied(request)
+        denied = self._guard.denied(request, reads_too=True)
         if denied is not None:
             return denied
         op = session_op(path, request.method)
@@ -177,7 +178,7 @@ class SessionProxy:
 
     async def handle_routed(self, request: Request) -> Response:
         """Session calls at the root, routed by X-Model-Id (and X-Pipeline)."""
-        denied = self._guard.denied(request)
+        denied = self._guard.denied(request, reads_too=True)
         if denied is not None:
             return denied
         op = session_op(request.url.path, request.method)
@@ -240,8 +241,8 @@ class SessionProxy:
     async def _start(self, request: Request, target: Target, body: bytes) -> Response:
         entry = target.deployment.entry
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            payload = _json(body)
+        except ValueError as exc:
             return _error(400, f"start body is not valid JSON: {exc}", model_id=entry.model_id)
         if not isinstance(payload, dict):
             return _error(400, "start body must be a JSON object", model_id=entry.model_id)
@@ -311,6 +312,11 @@ class SessionProxy:
         if isinstance(held, Response):
             return held
         worker, session_id = held
+        if op == "params" and body:
+            try:
+                _json(body)
+            except ValueError as exc:
+                return _error(400, f"params body is not valid JSON: {exc}")
         routes = await self._container_routes(worker)
         if op == "status":
             upstream = await self._send(
@@ -784,10 +790,37 @@ def _running_streams(answer: Answer | Unreachable) -> list[tuple[str, dict[str, 
     return [(session_id.strip(), {k: v for k, v in urls.items() if isinstance(v, str)})]
 
 
+def _json(body: bytes) -> Any:
+    """A session body parsed, or ValueError saying why not: not JSON, or nested deeper than
+    MAX_JSON_DEPTH (session tables keep params, and relay them in /sessions)."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def _params_of(body: bytes) -> Any:
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        payload = _json(body)
+    except ValueError:
         return None
     if isinstance(payload, dict):
         payload = {k: v for k, v in payload.items() if k != "gateway_request_id"}

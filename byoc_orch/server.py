@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import structlog
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
@@ -27,6 +28,47 @@ from byoc_orch.sd_notify import Notifier, run_watchdog
 from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
 
 log = structlog.get_logger("byoc_orch.server")
+
+
+HEADER_TIMEOUT = 10.0
+"""Seconds a client has to send a request's head once it connects or starts the request."""
+
+
+class HeadersInTime(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's head: a client that
+    connects and sends nothing, or dribbles its headers, is cut off after HEADER_TIMEOUT seconds
+    instead of holding a connection (and its memory) open for ever."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline: asyncio.TimerHandle | None = None
+        self._await_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_deadline is None:
+            self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._head_arrived()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._head_deadline = self.loop.call_later(HEADER_TIMEOUT, self._head_too_slow)
+
+    def _head_arrived(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -65,6 +107,7 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
             lifespan="off",
             # Forwarded-for headers are never trusted: TRUSTED_NETWORKS must see the real peer.
             proxy_headers=False,
+            http=HeadersInTime,
             timeout_graceful_shutdown=3,
         )
     )
@@ -88,6 +131,14 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
         log.error("HTTP API could not start", host=settings.host, port=settings.port)
         return EXIT_UNAVAILABLE
     log.info("listening", url=f"http://{settings.host}:{settings.port}", instance=settings.instance)
+    if settings.api_token is None or not settings.api_token.get_secret_value():
+        log.warning(
+            "BYOC_ORCH_API_TOKEN is not set: whoever reaches this address can start sessions "
+            "and act with the workers' tokens through the proxy; keep it on loopback (or set "
+            "BYOC_ORCH_API_TOKEN)",
+            host=settings.host,
+            trusted_networks=settings.trusted_networks,
+        )
     watchdog = asyncio.create_task(run_watchdog(notifier), name="watchdog")
     try:
         await daemon.start()

@@ -53,7 +53,9 @@ class Session:
     end_detail: str | None = None
     request: dict[str, Any] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, *, with_urls: bool = True) -> dict[str, Any]:
+        """`with_urls` False hides the stream's trickle URLs: whoever has them can watch or
+        feed the stream."""
         return {
             "id": self.id,
             "entry_id": self.entry_id or self.worker_id,
@@ -68,7 +70,7 @@ class Session:
             "ended_at": self.ended_at,
             "end_reason": None if self.end_reason is None else str(self.end_reason),
             "end_detail": self.end_detail,
-            "request": self.request,
+            "request": self.request if with_urls else {k: "[hidden]" for k in self.request},
         }
 
 

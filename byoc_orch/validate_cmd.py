@@ -136,9 +136,7 @@ def _load(
     when the file is not valid without it or names GPUs or replicas."""
     if configured is None and host.reader is not None:
         try:
-            models = load_models(
-                path, reserved_ports=reserved_ports, engine_socket=engine_socket
-            )
+            models = load_models(path, reserved_ports=reserved_ports, engine_socket=engine_socket)
         except UnreadableModelsFileError:
             raise
         except ModelsFileError:

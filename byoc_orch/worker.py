@@ -25,6 +25,7 @@ from byoc_orch.gpu import GpuInfo
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
 from byoc_orch.prober import HealthProber
+from byoc_orch.redact import display_url
 from byoc_orch.worker_state import (
     Action,
     Discard,
@@ -407,7 +408,7 @@ class Worker:
             "last_failure": status.last_failure or None,
             "advertised": status.advertised,
             "url": self.proxy_url,
-            "upstream": self.health_url.removesuffix(entry.health_path),
+            "upstream": display_url(self.upstream_url),
             "container_id": status.container_id,
             "container_name": spec.name if spec else None,
             "image": str(spec.image) if spec else None,

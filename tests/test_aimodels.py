@@ -20,6 +20,7 @@ from byoc_orch.aimodels import (
     UnreadableModelsFileError,
     load_models,
     parse_models,
+    redact_url,
     worker_id,
 )
 from byoc_orch.image_ref import parse_image_ref
@@ -964,3 +965,395 @@ def test_placement_problems_come_after_the_file_is_otherwise_valid() -> None:
         parse(managed("a", 8001, replicas=2), managed("b", 8002, contianer_port=1))
     assert [(p.entry_index, p.field) for p in caught.value.problems] == [(0, "replicas")]
     assert [p.field for p in caught.value.warnings] == ["contianer_port"]
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_deep_nesting_is_one_problem_with_its_position() -> None:
+    (line,) = problems_of("[" * 100_000)
+    assert line.startswith("aiModels.json: line 1 column 65: arrays and objects are nested more")
+    assert "runaway" in line
+
+
+def test_nesting_inside_strings_does_not_count() -> None:
+    text = json.dumps([external(env={"A": "[" * 500})])
+    assert parse_models(text, source="aiModels.json").entries
+
+
+def test_a_huge_integer_is_refused_with_its_position() -> None:
+    text = '[\n  {"pipeline": "p", "model_id": "m", "url": "http://10.0.0.5:1",\n   "capacity": '
+    (line,) = problems_of(text + "1" * 5000 + "}]")
+    assert line.startswith("aiModels.json: line 3 column 16: a number 5000 characters long;")
+    assert "at most 100" in line
+
+
+def test_a_float_too_large_for_a_double_is_refused() -> None:
+    (line,) = problems_of('[{"pipeline": "p", "model_id": "m", "price_per_unit": 1e400}]')
+    assert line.startswith("aiModels.json: line 1 column 55: 1e400 is too large for a number")
+
+
+def test_too_many_entries() -> None:
+    (line,) = problems_of(json.dumps([{}] * 2000))
+    assert line.startswith("aiModels.json: the file has 2000 entries; aiModels.json may have")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model_id": "m\x00x"}, "model_id"),
+        ({"pipeline": "p\x00"}, "pipeline"),
+        ({"url": "http://127.0.0.1:8001/\x00"}, "url"),
+        ({"container": "busybox\x00"}, "container"),
+        ({"env": {"A": "x\x00y"}}, "env.A"),
+        ({"env": {"A\x00": "x"}}, 'env."A\\u0000"'),
+        ({"command": ["run", "x\x00"]}, "command[1]"),
+        ({"volumes": ["/srv:/srv", "/a\x00:/b"]}, "volumes[1]"),
+        ({"optimization_flags": {"F": "a\x00"}}, "optimization_flags.F"),
+        ({"cap_add": ["NET_RAW\x00"]}, "cap_add[0]"),
+        ({"health_path": "/h\x00"}, "health_path"),
+        ({"gpus": ["GPU-\x00"]}, "gpus[0]"),
+        ({"comment": {"deep": ["\x00"]}}, "comment.deep[0]"),
+        ({"x\x00": 1}, '"x\\u0000"'),
+    ],
+)
+def test_nul_characters_are_refused_naming_the_field(fields: dict[str, Any], field: str) -> None:
+    found = problems(managed(**fields))
+    expected = f"{field}: " + ("the key " if '\\u0000"' in field else "")
+    nul = [line for line in found if "NUL character" in line]
+    assert len(nul) == 1, found
+    assert f": {expected}contains a NUL character (\\u0000) — remove it" in nul[0]
+    assert "\x00" not in "".join(found)
+
+
+def test_a_nul_in_model_id_leaves_it_out_of_the_entry_name() -> None:
+    (line,) = problems(managed(model_id="a\x00b"))
+    assert line.startswith("entry 0: model_id: contains a NUL character")
+
+
+def test_unpaired_surrogates_are_refused() -> None:
+    (line,) = problems_of('[{"pipeline": "p", "model_id": "m\\ud800", "url": "http://h:1"}]')
+    assert line == (
+        "entry 0: model_id: contains an unpaired surrogate (\\ud800), which is not a character "
+        "— write the character itself, or a complete \\uXXXX\\uXXXX surrogate pair"
+    )
+
+
+def test_a_nul_is_refused_when_the_model_is_built_directly() -> None:
+    with pytest.raises(ValidationError, match="NUL character"):
+        ModelEntry.model_validate(managed(env={"A": "\x00"}))
+
+
+def test_other_problems_of_an_entry_with_a_nul_are_still_reported() -> None:
+    found = problems(managed(command=["\x00"], capacity=0))
+    assert [line.split(": ")[1] for line in found] == ["command[0]", "capacity"]
+
+
+def test_capacity_is_bounded_and_says_it_is_per_replica() -> None:
+    assert parse(managed(capacity=10_000)).entries[0].capacity == 10_000
+    line = only_problem(managed(capacity=10**20))
+    assert line == (
+        "entry 0 (comfyui): capacity: must be at most 10000, got number 100000000000000000000: "
+        "capacity is the sessions one container (each replica) serves at once, not a total — "
+        "use what one container can really serve, e.g. 1; for more sessions, add replicas"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"startup_timeout": 1e20}, "startup_timeout: must be at most 604800"),
+        ({"gpus": 10**6}, "gpus: a GPU count must be at most 1024"),
+        ({"gpus": [5000]}, "gpus: number 5000 is not a device index"),
+        ({"shm_size": 10**30}, "shm_size: must be at most 16 TiB"),
+        ({"shm_size": "9" * 50}, "shm_size: the size has 50 digits"),
+        ({"shm_size": "99999999p"}, "shm_size: must be at most 16 TiB"),
+        ({"volumes": ["/srv:/srv"] * 300}, "volumes: has more than 256 items"),
+    ],
+)
+def test_absurd_numbers_are_refused(fields: dict[str, Any], expected: str) -> None:
+    assert only_problem(managed(**fields)).startswith(f"entry 0 (comfyui): {expected}")
+
+
+def test_prices_keep_accepting_what_go_livepeer_accepts() -> None:
+    entry = parse(managed(price_per_unit=1e-30, pixels_per_unit=10**90, currency="USD")).entries[0]
+    assert entry.price_per_unit == Fraction(1, 10**30)
+    assert entry.pixels_per_unit == 10**90
+    huge = "1" + "0" * 98
+    text = json.dumps([managed(pixels_per_unit=1)]).replace(
+        '"pixels_per_unit": 1', f'"pixels_per_unit": {huge}'
+    )
+    assert parse_models(text, source="x").entries[0].pixels_per_unit == 10**98
+
+
+def test_non_finite_prices_are_refused_when_the_model_is_built_directly() -> None:
+    with pytest.raises(ValidationError, match="not a finite number"):
+        ModelEntry.model_validate(managed(price_per_unit=float("inf")))
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n"])
+def test_blank_tokens_are_refused_without_echoing(token: str) -> None:
+    line = only_problem(managed(token=token))
+    assert line == (
+        "entry 0 (comfyui): token: is empty or only whitespace, so the worker would get no "
+        'usable token — give the worker\'s token, or remove "token" to send none'
+    )
+
+
+def test_many_unknown_fields_warn_once_past_twenty() -> None:
+    found = warnings_of(external(**{f"zz{index}": 1 for index in range(100)}))
+    assert len(found) == 21
+    assert found[-1] == (
+        "entry 0 (remote): 80 more unknown fields, ignored — remove the fields byoc-orch and "
+        "go-livepeer do not read"
+    )
+
+
+def test_url_credentials_never_show_in_problems() -> None:
+    line = only_problem(managed(url="http://op:hunter2@127.0.0.1:8001/x"))
+    assert '"http://***@127.0.0.1:8001/x" must be exactly http://127.0.0.1:PORT' in line
+    assert "hunter2" not in only_problem(managed(url="http://op:hunter2@10.0.0.1:8001"))
+    line = only_problem(external(url="http://op:hunter2@10.0.0.1:x"))
+    assert "hunter2" not in line
+    assert '"http://***@10.0.0.1:x" is not a valid URL' in line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@h:1/x", "http://***@h:1/x"),
+        ("https://token@h", "https://***@h"),
+        ("http://h:1/a@b", "http://h:1/a@b"),
+        ("http://h:1?x=@", "http://h:1?x=@"),
+        ("http://a@b@h:1#f", "http://***@h:1#f"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+# --------------------------------------------------------------------------- host access
+
+
+@pytest.fixture
+def fake_engine(tmp_path: Path) -> Path:
+    """A stand-in engine socket in a directory of its own (no root, no Docker needed)."""
+    engine = tmp_path / "engine" / "run"
+    engine.mkdir(parents=True)
+    socket = engine / "engine.sock"
+    socket.write_text("")
+    return socket
+
+
+def host_access_problem(volume: str, engine_socket: str | None = None) -> str:
+    with pytest.raises(ModelsFileError) as caught:
+        parse_models(
+            json.dumps([managed(volumes=[volume])]),
+            source="aiModels.json",
+            engine_socket=engine_socket,
+        )
+    (problem,) = caught.value.problems
+    assert problem.field == "volumes[0]"
+    return problem.message
+
+
+def test_a_symlink_to_the_engine_socket_is_the_socket(tmp_path: Path, fake_engine: Path) -> None:
+    link = tmp_path / "innocent"
+    link.symlink_to(fake_engine)
+    message = host_access_problem(f"{link}:/var/run/docker.sock", str(fake_engine))
+    assert message == (
+        f'"{link}" exposes the Docker socket: it resolves to {fake_engine}, the Docker engine '
+        "socket, which gives the container root on the host"
+    )
+
+
+def test_the_configured_engine_socket_may_be_a_unix_url(fake_engine: Path) -> None:
+    message = host_access_problem(f"{fake_engine}:/s", f"unix://{fake_engine}")
+    assert "the Docker engine socket" in message
+
+
+def test_a_symlink_to_the_socket_directory_exposes_it(tmp_path: Path, fake_engine: Path) -> None:
+    link = tmp_path / "rundir"
+    link.symlink_to(fake_engine.parent)
+    message = host_access_problem(f"{link}:/run", str(fake_engine))
+    assert message.startswith(
+        f'"{link}" exposes the Docker socket: it resolves to {fake_engine.parent}, which holds '
+        f"{fake_engine}, the Docker engine socket"
+    )
+
+
+@pytest.mark.parametrize("suffix", ["/..", "/../..", ""])
+def test_parents_of_the_socket_expose_it(fake_engine: Path, suffix: str) -> None:
+    spelled = f"{fake_engine.parent}//.{suffix}"
+    message = host_access_problem(f"{spelled}:/x", str(fake_engine))
+    assert message.startswith(f'"{spelled}" exposes the Docker socket')
+
+
+def test_the_socket_check_follows_relative_dot_dot(tmp_path: Path, fake_engine: Path) -> None:
+    spelled = f"{tmp_path}/elsewhere/../engine/run/./engine.sock"
+    message = host_access_problem(f"{spelled}:/x", str(fake_engine))
+    assert f"resolves to {fake_engine}, the Docker engine socket" in message
+
+
+def test_a_sibling_of_the_socket_directory_is_fine(tmp_path: Path, fake_engine: Path) -> None:
+    models = tmp_path / "engine" / "models"
+    models.mkdir()
+    text = json.dumps([managed(volumes=[f"{models}:/models"])])
+    assert parse_models(text, source="x", engine_socket=str(fake_engine)).entries
+
+
+def test_non_unix_engine_endpoints_add_nothing() -> None:
+    text = json.dumps([managed(volumes=["/srv/tcp:/x"])])
+    assert parse_models(text, source="x", engine_socket="tcp://10.0.0.1:2375").entries
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("//var/run", "exposes the Docker socket"),
+        ("/run/containerd", "exposes containerd: it resolves to /run/containerd, containerd's"),
+        ("/var/run/containerd/containerd.sock", "exposes containerd"),
+        ("/proc", "exposes the host's /proc: it resolves to /proc, the host's processes"),
+        ("/proc/sys/kernel", "exposes the host's /proc: it resolves to /proc/sys/kernel, inside"),
+        ("/sys", "exposes the host's /sys"),
+        ("/dev", "exposes the host's /dev: it resolves to /dev, the host's devices"),
+        ("/dev/../dev/sda", "exposes the host's /dev"),
+        ("/", "exposes the Docker socket"),
+    ],
+)
+def test_sensitive_host_paths_need_allow_host_access(host: str, reason: str) -> None:
+    message = host_access_problem(f"{host}:/mnt")
+    assert message.startswith(f'"{host}" {reason}'), message
+    text = json.dumps([managed(volumes=[f"{host}:/mnt"], allow_host_access=True)])
+    assert parse_models(text, source="x").entries
+
+
+def test_a_symlink_to_proc_is_proc(tmp_path: Path) -> None:
+    link = tmp_path / "p"
+    link.symlink_to("/proc")
+    assert host_access_problem(f"{link}:/p").startswith(
+        f'"{link}" exposes the host\'s /proc: it resolves to /proc,'
+    )
+
+
+@pytest.mark.parametrize("volume", ["/etc:/host-etc", "/etc:/host-etc:rw", "/etc/ssh:/x"])
+def test_writable_etc_needs_allow_host_access(volume: str) -> None:
+    message = host_access_problem(volume)
+    host = volume.split(":")[0]
+    assert message.startswith(f'"{host}" mounts the host\'s /etc writable: it resolves to {host};')
+    line = only_problem(managed(volumes=[volume]))
+    assert line.endswith(
+        '— add ":ro" to mount it read-only, or set "allow_host_access": true on this entry if '
+        "you trust the image with the host, or mount another path"
+    )
+
+
+@pytest.mark.parametrize(
+    "volume", ["/etc/ssl/certs:/etc/ssl/certs:ro", "/etc:/host-etc:ro", "/srv/etc:/etc"]
+)
+def test_read_only_etc_and_ordinary_paths_are_fine(volume: str) -> None:
+    assert parse(managed(volumes=[volume])).entries[0].volumes == [volume]
+
+
+# --------------------------------------------------------------------------- container limits
+
+
+def test_cap_add_names_are_normalised() -> None:
+    entry = parse(managed(cap_add=["net_raw", "CAP_MKNOD", "cap_sys_chroot", "Audit_Write"]))
+    assert entry.entries[0].cap_add == ("NET_RAW", "MKNOD", "SYS_CHROOT", "AUDIT_WRITE")
+
+
+def test_cap_add_defaults_to_nothing() -> None:
+    (entry,) = parse(managed()).entries
+    assert entry.cap_add == ()
+    assert entry.memory is None
+    assert entry.cpus is None
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ("SYS_ADMIN", "cap_add[0]: SYS_ADMIN is beyond Docker's default capabilities"),
+        ("cap_net_admin", "cap_add[0]: NET_ADMIN is beyond Docker's default capabilities"),
+        ("CHOWN", "cap_add[0]: CHOWN is already in Docker's default set"),
+        ("ALL", "cap_add[0]: ALL gives the container every capability"),
+    ],
+)
+def test_capabilities_beyond_those_dropped_need_allow_host_access(
+    capability: str, expected: str
+) -> None:
+    line = only_problem(managed(cap_add=[capability]))
+    assert line.startswith(f"entry 0 (comfyui): {expected}")
+    assert "allow_host_access" in line
+    allowed = parse(managed(cap_add=[capability], allow_host_access=True)).entries[0]
+    assert allowed.cap_add == (capability.upper().removeprefix("CAP_"),)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (["NET_RAWW"], 'cap_add[0]: string "NET_RAWW" is not a Linux capability — did you mean '),
+        (["NET_RAW", "FOO"], 'cap_add[1]: string "FOO" is not a Linux capability — use one of'),
+        ([1], "cap_add[0]: expected a capability name, got number 1"),
+        ("NET_RAW", 'cap_add: expected an array of capability names, got string "NET_RAW"'),
+        (["NET_RAW", "cap_net_raw"], "cap_add[1]: NET_RAW is listed twice"),
+    ],
+)
+def test_bad_capabilities(value: object, expected: str) -> None:
+    line = only_problem(managed(cap_add=value))
+    assert line.startswith(f"entry 0 (comfyui): {expected}")
+
+
+def test_unknown_capability_lists_the_valid_ones() -> None:
+    line = only_problem(managed(cap_add=["FOO"]))
+    assert "AUDIT_CONTROL, AUDIT_READ," in line
+    assert "WAKE_ALARM (with or without CAP_)" in line
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [("8g", 8 << 30), ("512m", 512 << 20), (6 << 20, 6 << 20), ("1.5g", 3 << 29)],
+)
+def test_memory_takes_bytes_or_docker_sizes(memory: object, expected: int) -> None:
+    assert parse(managed(memory=memory)).entries[0].memory == expected
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        (1000, "memory: must be at least 6 MiB (Docker refuses a smaller limit), got 1000 bytes"),
+        ("5m", "memory: must be at least 6 MiB (Docker refuses a smaller limit), got 5 MiB"),
+        ("1p", "memory: must be at most 16 TiB, got 1024 TiB"),
+        ("lots", 'memory: "lots" is not a size'),
+        (True, "memory: expected an integer, got boolean true"),
+        (8.5e9, "memory: expected an integer, got number 8500000000.0"),
+    ],
+)
+def test_bad_memory(memory: object, expected: str) -> None:
+    assert only_problem(managed(memory=memory)).startswith(f"entry 0 (comfyui): {expected}")
+
+
+@pytest.mark.parametrize("cpus", [0.5, 2, 1024])
+def test_cpus(cpus: float) -> None:
+    assert parse(managed(cpus=cpus)).entries[0].cpus == cpus
+
+
+@pytest.mark.parametrize(
+    ("cpus", "expected"),
+    [
+        (0, "cpus: must be more than 0, got number 0"),
+        (-1, "cpus: must be more than 0"),
+        (1025, "cpus: must be at most 1024, got number 1025"),
+        ("2", 'cpus: expected a number, got string "2" — remove the quotes: write 2'),
+        (True, "cpus: expected a number, got boolean true"),
+    ],
+)
+def test_bad_cpus(cpus: object, expected: str) -> None:
+    assert only_problem(managed(cpus=cpus)).startswith(f"entry 0 (comfyui): {expected}")
+
+
+def test_container_limits_warn_on_external_entries() -> None:
+    found = warnings_of(external(cap_add=["NET_RAW"], memory="1g", cpus=1))
+    assert [line.split(": ")[1] for line in found] == ["cap_add", "memory", "cpus"]
+    assert all("ignored: this entry has no container" in line for line in found)

@@ -362,8 +362,17 @@ async def test_api_token_guards_state_changing_calls_only(harness: Harness, inst
         # The caller's token is ours; it never reaches the container.
         (start,) = await container_calls(worker, "/stream/start")
         assert start["authorization"] is None
-        for read in (f"{base}/status", "/sessions", "/capabilities", "/workers", "/metrics"):
+        for read in ("/sessions", "/capabilities", "/workers", "/metrics"):
             assert (await client.get(read)).status_code == 200, read
+        # Every call through the proxy acts with the worker's credential: reads need the token.
+        assert (await client.get(f"{base}/status")).status_code == 401
+        guarded = {"Authorization": "Bearer s3cret-token"}
+        assert (await client.get(f"{base}/status", headers=guarded)).status_code == 200
+        # The live streams' URLs are for token holders only.
+        (listed,) = [s for s in (await client.get("/sessions")).json() if s["id"] == "g"]
+        assert set(listed["request"].values()) == {"[hidden]"}
+        shown = (await client.get("/sessions/g", headers=guarded)).json()
+        assert shown["request"]["subscribe_url"] == start_body("g")["subscribe_url"]
         routed = await client.post("/stream/stop", json={}, headers={"X-Model-Id": "guarded"})
         assert routed.status_code == 401
 

@@ -76,6 +76,21 @@ def test_the_schema_check_catches_wrong_types() -> None:
     }
 
 
+def test_the_schema_has_the_container_limits_and_the_bounds() -> None:
+    schema = aimodels_json_schema()
+    entry = resolve(schema, schema["items"])
+    for name in ("cap_add", "memory", "cpus"):
+        assert name in entry["properties"]
+    good = [{"pipeline": "p", "model_id": "m", "cap_add": ["NET_RAW"], "memory": "8g", "cpus": 2}]
+    assert check(schema, schema, good) == []
+    bad = [{"pipeline": "p", "model_id": "m", "capacity": 10_001, "memory": 1024, "cpus": 2000}]
+    assert set(check(schema, schema, bad)) == {
+        "$[0].capacity: above maximum 10000",
+        "$[0].memory: matches no alternative",
+        "$[0].cpus: matches no alternative",
+    }
+
+
 def resolve(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in node:
         node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]

@@ -302,3 +302,50 @@ def test_bad_gpu_pools_name_the_variable_and_the_fix(
     assert message.startswith("BYOC_ORCH_GPUS: ")
     assert reason in message
     assert repr(value) in message
+
+
+@pytest.mark.parametrize(
+    ("field", "variable"),
+    [("api_token", "BYOC_ORCH_API_TOKEN"), ("orch_secret", "BYOC_ORCH_ORCH_SECRET")],
+)
+@pytest.mark.parametrize("blank", [" ", "\t", "  \n"])
+def test_whitespace_only_secrets_are_refused(
+    monkeypatch: pytest.MonkeyPatch, field: str, variable: str, blank: str
+) -> None:
+    monkeypatch.setenv(variable, blank)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ")
+    assert "is only whitespace" in message
+    assert "(got ***)" in message
+
+
+@pytest.mark.parametrize("variable", ["BYOC_ORCH_API_TOKEN", "BYOC_ORCH_ORCH_SECRET"])
+def test_an_empty_secret_still_means_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    env_file = write_env_file(tmp_path / "byoc.env", **{variable: ""})
+    monkeypatch.setenv(variable, "")
+    for settings in (load_settings(), load_settings(env_file=env_file)):
+        secret = settings.api_token if variable.endswith("API_TOKEN") else settings.orch_secret
+        assert secret is None or secret.get_secret_value() == ""
+
+
+def test_an_empty_api_token_does_not_guard_a_reachable_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from byoc_orch.settings import require_token_off_loopback
+
+    monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "")
+    with pytest.raises(SettingsError, match="BYOC_ORCH_API_TOKEN is not set"):
+        require_token_off_loopback(load_settings(host="0.0.0.0"))
+
+
+def test_a_secret_with_surrounding_spaces_is_kept_as_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_API_TOKEN", " long-random ")
+    settings = load_settings()
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value() == " long-random "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +361,156 @@ def test_nvml_is_read_once_for_a_file_with_replicas(tmp_path: Path) -> None:
     assert code == 0
     assert asked == [True]
     assert out[-1] == "2 entries: 2 managed, 0 external; 2 warm; 3 containers"
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def run_with_timeout(path: Path, **kwargs: Any) -> tuple[int, list[str], list[str]]:
+    """run(), but a hang fails the test instead of blocking the suite."""
+    result: list[tuple[int, list[str], list[str]]] = []
+    worker = threading.Thread(target=lambda: result.append(run(path, **kwargs)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result, f"validate {path} did not return within 10 s"
+    return result[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "aiModels.json"
+    os.mkfifo(path)
+    code, out, err = run_with_timeout(path)
+    assert code == 1
+    assert out == []
+    assert err == [
+        f"error: {path}: cannot read the file: it is a FIFO (named pipe), not a regular file — "
+        "give the path of the aiModels.json file itself"
+    ]
+
+
+def test_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        code, _, err = run_with_timeout(path)
+    assert code == 1
+    assert err[0] == (
+        f"error: {path}: cannot read the file: it is a socket, not a regular file — give the "
+        "path of the aiModels.json file itself"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"), [(Path("/dev/null"), "a character device"), (Path("/"), "a directory")]
+)
+def test_devices_and_directories_are_refused(path: Path, kind: str) -> None:
+    code, _, err = run_with_timeout(path)
+    assert code == 1
+    assert err == [
+        f"error: {path}: cannot read the file: it is {kind}, not a regular file — give the path "
+        "of the aiModels.json file itself"
+    ]
+
+
+def test_a_file_larger_than_16_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "aiModels.json"
+    with path.open("wb") as sparse:
+        sparse.truncate(17 * 1024 * 1024)
+    code, _, err = run(path)
+    assert code == 1
+    assert err == [
+        f"error: {path}: the file is 17 MiB, more than the 16 MiB an aiModels.json may be — "
+        "check that this is the right file; a real aiModels.json is a few kilobytes"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[" * 50_000, "line 1 column 65: arrays and objects are nested more than 64 deep"),
+        ('[{"capacity": ' + "9" * 5000 + "}]", "line 1 column 15: a number 5000 characters"),
+        ('[{"capacity": 1e99999}]', "line 1 column 15: 1e99999 is too large for a number"),
+    ],
+)
+def test_hostile_json_is_one_problem_not_a_traceback(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    code, out, err = run(path)
+    assert code == 1
+    assert out == []
+    assert err[0].startswith(f"error: {path}: {expected}")
+    assert err[-1] == "aiModels.json is invalid: 1 problem; byoc-orch will start nothing from it"
+
+
+def test_credentials_in_urls_never_show(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        [
+            {"pipeline": "p", "model_id": "ext", "url": "https://op:hunter2@10.0.0.5:9000/v1"},
+            {
+                "pipeline": "p",
+                "model_id": "run",
+                "container": "busybox",
+                "url": "http://op:hunter2@127.0.0.1:8001",
+            },
+        ],
+    )
+    code, out, err = run(path)
+    assert code == 0, err
+    assert out[:2] == [
+        "entry 0 p/ext: external, cold, url=https://***@10.0.0.5:9000/v1",
+        "entry 1 p/run: managed, cold, image=docker.io/library/busybox:latest, "
+        "url=http://***@127.0.0.1:8001, host port 8001→8000, gpus=all",
+    ]
+    assert "hunter2" not in "\n".join(out + err)
+
+
+def test_container_limits_are_shown(tmp_path: Path) -> None:
+    entry = {
+        "pipeline": "p",
+        "model_id": "m",
+        "container": "busybox",
+        "url": "http://127.0.0.1:8001",
+        "memory": "8g",
+        "cpus": 2,
+        "cap_add": ["cap_net_raw"],
+    }
+    code, out, _ = run(write(tmp_path, [entry]))
+    assert code == 0
+    assert out[0] == (
+        "entry 0 p/m: managed, cold, image=docker.io/library/busybox:latest, host port "
+        "8001→8000, gpus=all, memory=8 GiB, cpus=2, cap_add=[NET_RAW]"
+    )
+
+
+def test_the_configured_engine_socket_is_checked(tmp_path: Path) -> None:
+    engine = tmp_path / "engine.sock"
+    engine.write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(engine)
+    entry = {
+        "pipeline": "p",
+        "model_id": "m",
+        "container": "busybox",
+        "url": "http://127.0.0.1:8001",
+        "volumes": [f"{link}:/var/run/docker.sock"],
+    }
+    path = write(tmp_path, [entry])
+    assert run(path)[0] == 0
+    code, _, err = run(path, engine_socket=f"unix://{engine}")
+    assert code == 1
+    assert err[0].startswith(
+        f'error: entry 0 (m): volumes[0]: "{link}" exposes the Docker socket: it resolves to '
+        f"{engine}, the Docker engine socket"
+    )
+
+
+def test_unencodable_output_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    text = '[{"pipeline": "p", "model_id": "m", "url": "http://h:1", "\\u00e9": 1}]'
+    path = write(tmp_path, text)
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")
+    assert run_validate(path, gpu_inventory=None, out=out, err=io.StringIO()) == 0
+    out.flush()
+    assert b"warning: entry 0 (m): \\xe9: unknown field" in raw.getvalue()

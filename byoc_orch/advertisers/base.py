@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
 
 from byoc_orch.capabilities import Capability, CapabilityRegistry, Change
 from byoc_orch.metrics import Metrics
+from byoc_orch.redact import display_url
 from byoc_orch.settings import Settings
 
 CALL_TIMEOUT = 5.0
@@ -295,18 +296,6 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.initial
-
-
-def display_url(url: str) -> str:
-    """The URL without any user:password part, for logs and describe()."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def secret_value(settings: Settings) -> str:

@@ -63,7 +63,7 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
     404 for an unknown worker."""
     router = APIRouter()
 
-    @router.api_route(LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], include_in_schema=False)
+    @router.api_route(LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], tags=["live runner"])
     async def live_runner_health(worker_id: str) -> JSONResponse:
         found = status(worker_id)
         headers = {"Cache-Control": "no-store"}
