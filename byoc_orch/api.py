@@ -19,6 +19,7 @@ from byoc_orch.engine import EngineError
 from byoc_orch.openapi_proxy import proxy_paths
 from byoc_orch.proxy import SessionProxy, WorkerBrokeOff
 from byoc_orch.routes import PROXY_PREFIX
+from byoc_orch.worker import Worker
 
 
 class ProxyFirst:
@@ -142,19 +143,22 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         found = daemon.workers.get(worker_id)
         if found is None:
             return None
-        return WorkerStatus(found.status.state, found.status.reason or None, found.draining)
+        return WorkerStatus(
+            found.status.state, found.status.reason or None, found.draining or found.held
+        )
 
     app.include_router(live_runner_router(worker_status))
 
 
     @app.post("/reload")
-    async def reload(request: Request) -> Response:
-        """Re-read aiModels.json and apply only the difference (the same as SIGHUP)."""
+    async def reload(request: Request, dry_run: bool = False) -> Response:
+        """Re-read aiModels.json and apply only the difference (the same as SIGHUP); with
+        `dry_run`, only say what would change. 422 lists every problem of an invalid file."""
         denied = daemon.guard.denied(request)
         if denied is not None:
             return denied
         try:
-            applied = await daemon.reload()
+            applied = await daemon.reload_reported(dry_run=dry_run)
         except ReloadRejected as exc:
             return JSONResponse(
                 {
@@ -168,7 +172,53 @@ def create_app(daemon: Daemon) -> ProxyFirst:
             return JSONResponse(
                 {"result": "rejected", "error": f"nothing was changed: {exc}"}, status_code=503
             )
-        return JSONResponse({"result": "applied", **applied.summary()})
+        return JSONResponse(
+            {"result": "planned" if dry_run else "applied", **applied.summary()}
+        )
+
+    def _named(name: str) -> list[Worker] | JSONResponse:
+        found = daemon.replicas_named(name)
+        if not found:
+            return JSONResponse(
+                {
+                    "error": f"no worker, entry or model_id {name!r}",
+                    "fix": "GET /workers lists worker ids, entry ids and model_ids",
+                },
+                status_code=404,
+            )
+        return found
+
+    async def _act(request: Request, name: str, action: str) -> Response:
+        denied = daemon.guard.denied(request)
+        if denied is not None:
+            return denied
+        found = _named(name)
+        if isinstance(found, JSONResponse):
+            return found
+        if action == "restart":
+            daemon.restart(found)
+        else:
+            daemon.drain(found, action == "drain")
+        return JSONResponse(
+            {"result": action, "workers": [w.worker_id for w in found]}, status_code=202
+        )
+
+    @app.post("/workers/{name}/restart", status_code=202)
+    async def restart(request: Request, name: str) -> Response:
+        """Start a replica (or every replica of an entry or model_id) afresh; its sessions
+        end."""
+        return await _act(request, name, "restart")
+
+    @app.post("/workers/{name}/drain", status_code=202)
+    async def drain(request: Request, name: str) -> Response:
+        """Take no new sessions or requests and leave the advertised set; running sessions go
+        on."""
+        return await _act(request, name, "drain")
+
+    @app.post("/workers/{name}/undrain", status_code=202)
+    async def undrain(request: Request, name: str) -> Response:
+        """Take sessions again after a drain."""
+        return await _act(request, name, "undrain")
 
     proxy = daemon.proxy
     for prefix in ("/stream", "/api/stream"):

@@ -51,10 +51,11 @@ from byoc_orch.placement import GpuPool, pool_from
 from byoc_orch.proxy import SessionProxy, Target
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
 from byoc_orch.routes import proxy_url
+from byoc_orch.sd_notify import Notifier
 from byoc_orch.sessions import EndReason, Session, SessionTable
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
-from byoc_orch.worker_state import Died, EngineBack, Policy, Status
+from byoc_orch.worker_state import Died, EngineBack, Launch, Policy, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 T = TypeVar("T")
@@ -125,6 +126,8 @@ class Daemon:
         self.workers: dict[str, Worker] = {}
         """Every replica of every entry, by worker id."""
         self.ready = False
+        self.notifier: Notifier | None = None
+        """systemd's notify socket, when run as a service (set by the server)."""
         self.engine_up: bool | None = None
         """Whether Docker answers; None while byoc-orch has had no need of it."""
         self.started_at = clock()
@@ -510,13 +513,15 @@ class Daemon:
 
     # -- reload ---------------------------------------------------------------------------------
 
-    async def reload(self, models: ModelsFile | None = None) -> ReloadPlan:
+    async def reload(
+        self, models: ModelsFile | None = None, *, dry_run: bool = False
+    ) -> ReloadPlan:
         """Re-read aiModels.json (or take `models`) and apply only the difference.
 
         An invalid file raises ReloadRejected and changes nothing. Untouched entries keep their
         containers and sessions; an entry whose containers are unaffected is updated in place;
         removed and changed entries are withdrawn (replicated ones drain and roll over one
-        replica at a time, in the background).
+        replica at a time, in the background). `dry_run` returns the plan, changing nothing.
         """
         async with self._reload_lock:
             if models is None:
@@ -533,12 +538,16 @@ class Daemon:
                         )
                     )
                 except ModelsFileError as exc:
+                    if dry_run:
+                        raise ReloadRejected(exc.problems) from None
                     self.metrics.config_reloads.labels("rejected").inc()
                     for problem in exc.problems:
                         log.error(
                             "reload rejected; running configuration kept", problem=str(problem)
                         )
                     raise ReloadRejected(exc.problems) from None
+            if dry_run:
+                return self._plan(models)
             for warning in models.warnings:
                 log.warning("aiModels.json", warning=str(warning))
             self._warn_gpu_requests(models)
@@ -554,13 +563,16 @@ class Daemon:
             log.info("reloaded", **{k: len(v) for k, v in the_plan.summary().items()})
             return the_plan
 
-    async def _apply(self, models: ModelsFile) -> ReloadPlan:
-        wanted = self._wanted(models)
+    def _plan(self, models: ModelsFile) -> ReloadPlan:
         current = {
             entry_id: Wanted(d.entry, d.wanted_specs()).running
             for entry_id, d in self.deployments.items()
         }
-        the_plan = plan_reload(current, {k: w.running for k, w in wanted.items()})
+        return plan_reload(current, {k: w.running for k, w in self._wanted(models).items()})
+
+    async def _apply(self, models: ModelsFile) -> ReloadPlan:
+        wanted = self._wanted(models)
+        the_plan = self._plan(models)
         if not the_plan.changed:
             self.models = models
             return the_plan
@@ -590,6 +602,66 @@ class Daemon:
         with contextlib.suppress(OSError):
             self.metrics.config_loaded_timestamp.set(self.settings.models_path.stat().st_mtime)
         self.metrics.config_last_reload_timestamp.set(self._clock())
+
+    async def reload_reported(self, *, dry_run: bool = False) -> ReloadPlan:
+        """`reload`, told to systemd: RELOADING=1, then READY=1 with a STATUS= line that keeps
+        saying the reload was rejected (or failed) until the next change of the warm set."""
+        if dry_run:
+            return await self.reload(dry_run=True)
+        notifier = self.notifier
+        if notifier is not None:
+            notifier.reloading()
+        outcome = ""
+        try:
+            return await self.reload()
+        except ReloadRejected:
+            outcome = f"reload rejected: {self.settings.models_path} is invalid, nothing changed; "
+            raise
+        except EngineError as exc:
+            outcome = f"reload failed: {exc}; "
+            raise
+        finally:
+            if notifier is not None:
+                notifier.ready(outcome + self.status_line())
+
+    def status_line(self) -> str:
+        """What `systemctl status` shows, e.g. "5/6 warm, 2 sessions"."""
+        summary = self.summary()
+        line = f"{summary['warm']}/{summary['entries']} warm"
+        if summary["engine"] == "unreachable":
+            line += ", Docker unreachable"
+        sessions = len(self.sessions.live())
+        if sessions:
+            line += f", {sessions} session{'s' if sessions != 1 else ''}"
+        return line
+
+    # -- what an operator asks for -------------------------------------------------------------
+
+    def replicas_named(self, name: str) -> list[Worker]:
+        """The replicas a worker id, an entry id or a model_id names."""
+        if name in self.workers:
+            return [self.workers[name]]
+        if name in self.deployments:
+            return self.deployments[name].replicas()
+        return [
+            w for d in self.deployments.values() if d.entry.model_id == name for w in d.replicas()
+        ]
+
+    def restart(self, workers: list[Worker]) -> None:
+        """Start these replicas afresh: their sessions end (`restarted`), a new container (or,
+        for an external worker, new probing) replaces the old one."""
+        for worker in workers:
+            self.proxy.end_worker_sessions(
+                worker.worker_id, EndReason.RESTARTED, "restarted by the operator"
+            )
+            log.info("restarting worker at the operator's request", worker_id=worker.worker_id)
+            worker.post(Launch())
+
+    def drain(self, workers: list[Worker], draining: bool) -> None:
+        """Stop (or resume) routing new sessions and requests to these replicas and advertising
+        them; running sessions go on."""
+        for worker in workers:
+            worker.hold(draining)
 
     # -- Docker events --------------------------------------------------------------------------
 

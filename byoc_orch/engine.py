@@ -18,7 +18,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -48,6 +48,8 @@ from byoc_orch.pull_progress import PullProgress
 log = structlog.get_logger("byoc_orch.engine")
 
 WATCHED_EVENTS = ("start", "die", "oom", "stop", "kill", "destroy", "health_status")
+MAX_LOG_LINE = 500
+"""Characters kept of one container log line (a worker may print megabytes on one line)."""
 STREAM_LOST = "stream_lost"
 STREAM_RESTORED = "stream_restored"
 
@@ -482,6 +484,34 @@ class Engine:
                 self._docker().api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 return
+
+    async def logs(self, container_id: str, tail: int = 40) -> list[str]:
+        """The last `tail` lines one of our containers wrote (stdout and stderr together)."""
+        return await asyncio.to_thread(self._logs_blocking, container_id, tail)
+
+    def _logs_blocking(self, container_id: str, tail: int) -> list[str]:
+        self._inspect_ours(container_id)
+        with self._translate(f"read the log of container {container_id[:12]}"):
+            raw = self._docker().api.logs(container_id, stdout=True, stderr=True, tail=tail)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return [line[:MAX_LOG_LINE] for line in text.splitlines()[-tail:]]
+
+    def follow_logs(self, container_id: str, tail: int = 40) -> Iterator[str]:
+        """Lines as one of our containers writes them, from its last `tail` on (blocking: for
+        the `byoc-orch logs -f` command, not the daemon)."""
+        self._inspect_ours(container_id)
+        with self._translate(f"follow the log of container {container_id[:12]}"):
+            stream = self._docker().api.logs(
+                container_id, stdout=True, stderr=True, tail=tail, stream=True, follow=True
+            )
+            pending = b""
+            for chunk in stream:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+            if pending:
+                yield pending.decode("utf-8", "replace")
 
     # -- events -------------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """Logging setup: one structlog pipeline for our lines and for the standard library's.
 
 JSON lines when stderr is not a terminal (journald, files) or when asked; readable key=value
-lines on a terminal. uvicorn's loggers are pointed at the same handler, so its error and access
+lines on a terminal. Under systemd's journal (`JOURNAL_STREAM` is set) each line starts with
+its syslog priority, `<4>` for a warning and so on, which journald strips and records, so
+`journalctl -p warning -u byoc-orch` and priority-based alerts see byoc-orch's failures.
+uvicorn's loggers are pointed at the same handler, so its error and access
 lines are JSON too. Redaction is the last step before rendering, for our lines and foreign
 ones alike: values under secret-looking keys are replaced, and credentials embedded in text
 (`Bearer …`, `token=…` in a query string) are masked, so a secret handed to a log call by
@@ -11,6 +14,7 @@ mistake still never reaches the journal.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -61,6 +65,28 @@ class _DropUnfinishedResponse(logging.Filter):
         return record.getMessage() != UNFINISHED_RESPONSE
 
 
+SYSLOG_PRIORITY = {
+    "critical": 2,
+    "error": 3,
+    "exception": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+    "notset": 7,
+}
+
+
+def _with_priority(renderer: Any) -> Any:
+    """The renderer, its lines prefixed with their syslog priority for journald."""
+
+    def render(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        level = str(event.get("level") or method).lower()
+        return f"<{SYSLOG_PRIORITY.get(level, 6)}>{renderer(logger, method, event)}"
+
+    return render
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Route structlog and stdlib logging (uvicorn, docker, httpx) to stderr in one format."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -75,6 +101,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         if as_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    if os.environ.get("JOURNAL_STREAM"):
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -5,19 +5,31 @@ Names follow Prometheus conventions: `byoc_orch_` prefix, base units (seconds, b
 `pipeline` and `model_id` (an aiModels.json capability is unique), one of its containers by those
 and its `replica` index (bounded by the entry's replica limit); never by session or container id.
 Series for known entries and replicas are created up front so they read 0, not absent.
+
+Beside the `byoc_orch_*` families the registry carries prometheus_client's standard `process_*`
+(CPU, resident memory, open file descriptors against their limit, start time) and `python_*`
+(interpreter, garbage collector) collectors, which the default registry would have had. No
+`*_created` samples: they double the series count of every counter and histogram and no
+dashboard here reads them; prometheus_client's switch for them is process-wide.
 """
 
 from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Sequence
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.registry import Collector
@@ -38,12 +50,31 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 _SLOW = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
 
 
+class GpuLike(Protocol):
+    """What `set_worker_gpus` reads from a GPU (byoc_orch.gpu.GpuInfo has both)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def uuid(self) -> str: ...
+
+
 class Metrics:
     """The daemon's metrics; tests read them back through `sample()`."""
 
     def __init__(self) -> None:
+        # Process-wide in prometheus_client, read when samples are collected: calling it here
+        # (idempotent) covers every registry this process renders, however it was imported.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        # The GPUs each replica was given, as (index, uuid) label pairs, so that a new set or
+        # the replica's removal drops exactly the series it had.
+        self._worker_gpus: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
         entry = ("pipeline", "model_id")
         worker = (*entry, "replica")
         self.build_info = Info("byoc_orch_build", "byoc-orch version and Python.", registry=r)
@@ -132,6 +163,12 @@ class Metrics:
             "byoc_orch_sessions_active",
             "Sessions currently running on each worker.",
             worker,
+            registry=r,
+        )
+        self.worker_gpu_info = Gauge(
+            "byoc_orch_worker_gpu_info",
+            "1 for each GPU a worker (replica) was given; join on gpu/uuid with the GPU gauges.",
+            (*worker, "gpu", "uuid"),
             registry=r,
         )
         self.requests_in_flight = Gauge(
@@ -254,6 +291,21 @@ class Metrics:
         )
         for each in plain:
             _discard(each, pipeline, model_id, replica)
+        self.set_worker_gpus(pipeline, model_id, replica, None)
+
+    def set_worker_gpus(
+        self, pipeline: str, model_id: str, replica: str, gpus: Sequence[GpuLike] | None
+    ) -> None:
+        """The GPUs a replica runs on (None or empty: none, or not known); replaces the last set."""
+        key = (pipeline, model_id, replica)
+        wanted = tuple((str(gpu.index), gpu.uuid) for gpu in gpus or ())
+        for gpu, uuid in self._worker_gpus.pop(key, ()):
+            if (gpu, uuid) not in wanted:
+                _discard(self.worker_gpu_info, *key, gpu, uuid)
+        for gpu, uuid in wanted:
+            self.worker_gpu_info.labels(*key, gpu, uuid).set(1)
+        if wanted:
+            self._worker_gpus[key] = wanted
 
     def add_worker(self, pipeline: str, model_id: str, capacity: int) -> None:
         """An entry with one replica (index 0): what tests and tools create most often."""

@@ -112,11 +112,12 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
         )
     )
     notifier = Notifier()
+    daemon.notifier = notifier
     stopping = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
     def reload_on_signal() -> None:
-        task = asyncio.create_task(_reload(daemon, notifier), name="reload")
+        task = asyncio.create_task(_reload(daemon), name="reload")
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -170,26 +171,11 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
 
 
 def status_line(daemon: Daemon) -> str:
-    """What `systemctl status` shows, e.g. "5/6 warm, 2 sessions"."""
-    summary = daemon.summary()
-    line = f"{summary['warm']}/{summary['workers']} warm"
-    sessions = len(daemon.sessions.live())
-    if sessions:
-        line += f", {sessions} session{'s' if sessions != 1 else ''}"
-    return line
+    return daemon.status_line()
 
 
-async def _reload(daemon: Daemon, notifier: Notifier) -> None:
+async def _reload(daemon: Daemon) -> None:
     """SIGHUP: reload aiModels.json; a broken file leaves everything running as it was."""
     log.info("SIGHUP: reloading", path=str(daemon.settings.models_path))
-    notifier.reloading()
-    try:
-        await daemon.reload()
-    except ReloadRejected:
-        notifier.status(
-            f"reload rejected: {daemon.settings.models_path} is invalid; " + status_line(daemon)
-        )
-    except EngineError as exc:
-        notifier.status(f"reload failed: {exc}; " + status_line(daemon))
-    finally:
-        notifier.ready(status_line(daemon))
+    with contextlib.suppress(ReloadRejected, EngineError):
+        await daemon.reload_reported()

@@ -24,6 +24,7 @@ class SessionState(StrEnum):
 
 class EndReason(StrEnum):
     STOPPED = "stopped"
+    RESTARTED = "restarted"
     ENDED_BY_WORKER = "ended_by_worker"
     """The worker reports itself idle: the stream ended without a stop call reaching it (go-
     livepeer ends streams by closing their trickle channels when payment or input stops)."""

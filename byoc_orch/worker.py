@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -79,6 +81,9 @@ class Worker:
         self.requests = 0
         """Pass-through (batch) requests in flight: each holds a slot, as a session does."""
         self.draining = False
+        """Being replaced or removed: no new work; set and cleared by rollouts."""
+        self.held = False
+        """Drained by the operator (`byoc-orch drain`): no new work until `undrain`."""
         self.sessions_known = True
         """False from adopting a running container until the streams it runs are known, so
         no start is sent to a worker that may already be busy."""
@@ -99,6 +104,7 @@ class Worker:
         self._acting: asyncio.Task[None] | None = None
         self._acting_run = False
         self._created: str | None = None
+        self.last_failure_log: FailureLog | None = None
         """The last container this worker created (whether or not its Started was applied)."""
         self._prober: HealthProber | None = None
         self._status_waiters: list[asyncio.Future[None]] = []
@@ -122,7 +128,12 @@ class Worker:
     @property
     def routable(self) -> bool:
         """Warm, not draining, its running streams known: it may take new work."""
-        return self.status.state is State.WARM and not self.draining and self.sessions_known
+        return (
+            self.status.state is State.WARM
+            and not self.draining
+            and not self.held
+            and self.sessions_known
+        )
 
     @property
     def reports_idle(self) -> bool:
@@ -170,6 +181,13 @@ class Worker:
         self.requests += delta
         self.metrics.requests_in_flight.labels(*self.labels).set(self.requests)
         self._publish()
+
+    def hold(self, held: bool) -> None:
+        """The operator's drain (True) or undrain (False)."""
+        if held != self.held:
+            self.held = held
+            self._log.info("worker drained by the operator" if held else "worker undrained")
+            self._publish()
 
     def notify(self) -> None:
         """Something routing depends on changed outside the worker (its streams became known):
@@ -262,13 +280,20 @@ class Worker:
             self._log = self._log.bind(container_id=self.status.container_id[:12])
         if self.status.state is not before.state:
             self._observe(before)
-            self._log.info(
-                "worker state",
-                state=str(self.status.state),
+            state = self.status.state
+            self._log.log(
+                state_severity(before.state, state),
+                "worker recovered"
+                if state is State.WARM and before.state in TROUBLE
+                else "worker state",
+                state=str(state),
                 previous=str(before.state),
                 reason=self.status.reason or None,
                 container_id=(self.status.container_id or before.container_id or "")[:12] or None,
                 restarts=self.status.restarts,
+                next_attempt_in=round(self.status.next_attempt_at - self._clock(), 1)
+                if state in (State.BACKOFF, State.FAILED) and self.status.next_attempt_at
+                else None,
             )
         self._publish()
         for action in actions:
@@ -348,7 +373,9 @@ class Worker:
         if spec is None:
             return
         match action:
-            case Discard(container_id):
+            case Discard(container_id, failed):
+                if failed:
+                    await self._keep_last_lines(container_id)
                 try:
                     await self._engine.remove(container_id)
                 except EngineError as exc:
@@ -386,6 +413,24 @@ class Worker:
                     self._log.warning("could not stop container", error=str(exc))
                 self.post(Stopped())
 
+    async def _keep_last_lines(self, container_id: str) -> None:
+        """A failed container's last log lines, read before it is removed: they usually say
+        why (the traceback of a crash), and `docker logs` cannot once it is gone."""
+        try:
+            lines = await self._engine.logs(container_id, tail=CRASH_LOG_LINES)
+        except EngineError as exc:
+            self._log.warning("could not read the failed container's log", error=str(exc))
+            return
+        self.last_failure_log = FailureLog(
+            container_id, self.status.last_failure, self._clock(), tuple(lines)
+        )
+        self._log.warning(
+            "failed container's last log lines",
+            container_id=container_id[:12],
+            reason=self.status.last_failure or None,
+            last_lines=lines[-12:],
+        )
+
     # -- reporting ------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
@@ -402,10 +447,12 @@ class Worker:
             "capability": entry.capability,
             "kind": "managed" if entry.managed else "external",
             "state": str(status.state),
-            "draining": self.draining,
+            "draining": self.draining or self.held,
+            "drained_by_operator": self.held,
             "since": _iso(status.since),
             "reason": status.reason or None,
             "last_failure": status.last_failure or None,
+            "last_failure_log": self.last_failure_log.describe() if self.last_failure_log else None,
             "advertised": status.advertised,
             "url": self.proxy_url,
             "upstream": display_url(self.upstream_url),
@@ -438,6 +485,39 @@ class Worker:
                 "at": _iso(probe_result.at),
             },
         }
+
+
+TROUBLE = frozenset({State.UNHEALTHY, State.BACKOFF, State.FAILED})
+CRASH_LOG_LINES = 40
+
+
+@dataclass(frozen=True)
+class FailureLog:
+    """What a failed container last wrote, kept after it was removed."""
+
+    container_id: str
+    reason: str
+    at: float
+    lines: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "container_id": self.container_id,
+            "reason": self.reason or None,
+            "at": _iso(self.at),
+            "lines": list(self.lines),
+        }
+
+
+def state_severity(before: State, after: State) -> int:
+    """How loud a state change is: a worker failing is an error (FAILED: the image or the
+    container cannot be had) or a warning (crashed, unhealthy); everything else, recovering
+    included, is info."""
+    if after is State.FAILED:
+        return logging.ERROR
+    if after in TROUBLE:
+        return logging.WARNING
+    return logging.INFO
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -199,6 +199,8 @@ class Discard:
     """Stop (briefly) and remove a container that is being replaced."""
 
     container_id: str
+    failed: bool = False
+    """It crashed or was judged broken: keep its last log lines before it goes."""
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,9 @@ def _failure(
     it is retried every `backoff_initial` seconds and at once when Docker answers again."""
     streak = status.crash_streak if engine else status.crash_streak + 1
     delay = policy.backoff_initial if engine else backoff_delay(streak, policy)
-    actions: list[Action] = [Discard(status.container_id)] if status.container_id else []
+    actions: list[Action] = (
+        [Discard(status.container_id, failed=True)] if status.container_id else []
+    )
     failed = _move(
         status,
         state,

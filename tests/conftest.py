@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import time
 import uuid
@@ -135,10 +136,30 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
-def free_port() -> int:
+_PORTS = random.Random()
+PORT_RANGE = (20000, 32000)
+"""Below Linux's ephemeral range (32768–60999): a port handed out here is never taken meanwhile
+by the local end of some outgoing connection, as an ephemeral one can be before a container
+publishes it."""
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive loopback ports that are free now (replica i of an entry
+    listens on url port + i)."""
+    for _ in range(200):
+        base = _PORTS.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports in {PORT_RANGE}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def with_offer(fields: dict[str, Any]) -> dict[str, Any]:

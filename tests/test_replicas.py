@@ -31,6 +31,7 @@ SECRET = "orch-secret-for-tests"
 
 
 def replicated(harness: Harness, model_id: str, port: int, **fields: Any) -> dict[str, Any]:
+    """An entry with replicas; `port` is its url port, the first of a run of free ones."""
     entry = worker_entry(harness, model_id, port, **fields)
     entry.pop("gpus")
     return entry
@@ -123,7 +124,7 @@ def capability_of(listing: list[dict[str, Any]], model_id: str) -> dict[str, Any
 async def test_replicas_get_distinct_gpus_and_consecutive_ports(
     harness: Harness, instance: str, docker_client: docker.DockerClient
 ) -> None:
-    port = free_port()
+    port = free_port(3)
     entries = [replicated(harness, "three", port, replicas=3, gpus=1)]
     async with running(settings_for(harness, instance), entries) as daemon:
         workers = await all_warm(daemon, "three", 3)
@@ -149,8 +150,8 @@ async def test_per_gpu_fills_the_pool_and_replicas_per_gpu_share(
     harness: Harness, instance: str, docker_client: docker.DockerClient
 ) -> None:
     entries = [
-        replicated(harness, "shared", free_port(), replicas=4, replicas_per_gpu=2),
-        replicated(harness, "filler", free_port(), replicas="per-gpu"),
+        replicated(harness, "shared", free_port(4), replicas=4, replicas_per_gpu=2),
+        replicated(harness, "filler", free_port(4), replicas="per-gpu"),
     ]
     async with running(settings_for(harness, instance), entries) as daemon:
         shared = await all_warm(daemon, "shared", 4)
@@ -173,7 +174,7 @@ async def test_per_gpu_fills_the_pool_and_replicas_per_gpu_share(
 async def test_sessions_spread_over_replicas_and_calls_reach_the_holder(
     harness: Harness, instance: str
 ) -> None:
-    entries = [replicated(harness, "spread", free_port(), replicas=3, gpus=1)]
+    entries = [replicated(harness, "spread", free_port(3), replicas=3, gpus=1)]
     async with running(settings_for(harness, instance), entries) as daemon, api(daemon) as client:
         workers = await all_warm(daemon, "spread", 3)
         base = f"/proxy/{workers[0].entry_id}/stream"
@@ -220,7 +221,7 @@ async def test_sessions_spread_over_replicas_and_calls_reach_the_holder(
 async def test_a_stop_naming_none_of_several_live_sessions_is_refused(
     harness: Harness, instance: str
 ) -> None:
-    entries = [replicated(harness, "ambiguous", free_port(), replicas=2, gpus=1)]
+    entries = [replicated(harness, "ambiguous", free_port(2), replicas=2, gpus=1)]
     async with running(settings_for(harness, instance), entries) as daemon, api(daemon) as client:
         workers = await all_warm(daemon, "ambiguous", 2)
         base = f"/proxy/{workers[0].entry_id}/stream"
@@ -248,7 +249,7 @@ async def test_a_dead_replica_takes_only_its_sessions_and_its_share_of_capacity(
         register_retry_initial=0.05,
         register_retry_max=0.2,
     )
-    entries = [replicated(harness, "crashy", free_port(), replicas=3, gpus=1)]
+    entries = [replicated(harness, "crashy", free_port(3), replicas=3, gpus=1)]
     try:
         async with running(settings, entries) as daemon, api(daemon) as client:
             workers = await all_warm(daemon, "crashy", 3)
@@ -300,7 +301,7 @@ async def test_a_dead_replica_takes_only_its_sessions_and_its_share_of_capacity(
 
 async def test_a_restart_adopts_every_replica(harness: Harness, instance: str) -> None:
     settings = settings_for(harness, instance)
-    entries = [replicated(harness, "adopted", free_port(), replicas=3, gpus=1)]
+    entries = [replicated(harness, "adopted", free_port(3), replicas=3, gpus=1)]
     async with running(settings, entries) as daemon:
         before = {w.worker_id: w.status.container_id for w in await all_warm(daemon, "adopted", 3)}
     async with running(settings, entries) as daemon:
@@ -314,7 +315,7 @@ async def test_an_image_change_rolls_one_replica_at_a_time_and_stays_listed(
 ) -> None:
     v2 = harness.worker_image.rsplit(":", 1)[0] + f":rollout-{instance}"
     await asyncio.to_thread(docker_client.images.get(harness.worker_image).tag, v2)
-    entry = replicated(harness, "rolled", free_port(), replicas=3, gpus=1)
+    entry = replicated(harness, "rolled", free_port(3), replicas=3, gpus=1)
     path = tmp_path / "aiModels.json"
     path.write_text(json.dumps([entry]))
     settings = settings_for(harness, instance, models_path=path)
@@ -359,7 +360,7 @@ async def test_an_image_change_rolls_one_replica_at_a_time_and_stays_listed(
 
 
 async def test_lowering_replicas_drains_the_extra_ones(harness: Harness, instance: str) -> None:
-    entry = replicated(harness, "shrunk", free_port(), replicas=3, gpus=1)
+    entry = replicated(harness, "shrunk", free_port(3), replicas=3, gpus=1)
     settings = settings_for(harness, instance)
     async with running(settings, [entry]) as daemon, api(daemon) as client:
         workers = await all_warm(daemon, "shrunk", 3)
@@ -409,7 +410,7 @@ async def test_two_hosts_heartbeat_runners_of_one_app_each_withdrawn_on_its_own(
                 register_retry_initial=0.05,
                 register_retry_max=0.2,
             )
-            entry = replicated(harness, "scaled", free_port(), replicas=2, gpus=1)
+            entry = replicated(harness, "scaled", free_port(2), replicas=2, gpus=1)
             daemon = Daemon(settings, models_for([entry], settings))
             await daemon.start()
             hosts.append((daemon, instance))
