@@ -1,7 +1,9 @@
-"""The `byoc-orch` command: run, validate, status, export, version, schema.
+"""The `byoc-orch` command: run, validate, status, logs, reload, restart, drain, undrain,
+config, export, version, schema.
 
 Thin on purpose: it parses flags into Settings and hands over to the module that does the work.
-Flags override BYOC_ORCH_* variables, which override the env file.
+Every setting is a flag, made from the Settings model itself (`--proxy-timeout` for
+BYOC_ORCH_PROXY_TIMEOUT…); flags override BYOC_ORCH_* variables, which override the env file.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from byoc_orch import __version__
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
-from byoc_orch.settings import Settings, SettingsError, load_settings, reserved_ports
+from byoc_orch.settings import (
+    DEFAULT_ENV_FILE,
+    Settings,
+    SettingsError,
+    load_settings,
+    reserved_ports,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,16 +36,34 @@ __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "build_parser", "main"
 
 
 def _settings_flags() -> argparse.ArgumentParser:
+    """One flag per setting, from the Settings model (values are checked by it, with the
+    variable's name in the error)."""
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("settings (override BYOC_ORCH_* and the env file)")
-    group.add_argument("--env-file", type=Path, help="env file of BYOC_ORCH_* settings")
-    group.add_argument("--models", dest="models_path", type=Path, help="aiModels.json path")
-    group.add_argument("--host", help="HTTP API bind address (default 127.0.0.1)")
-    group.add_argument("--port", type=int, help="HTTP API port (default 9935)")
-    group.add_argument("--instance", help="instance id in container labels and names")
-    group.add_argument("--docker-host", help="Docker endpoint, e.g. unix:///var/run/docker.sock")
-    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    group.add_argument("--log-format", choices=["auto", "json", "console"])
+    group.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"env file of BYOC_ORCH_* settings (default: $BYOC_ORCH_ENV_FILE, else "
+        f"{DEFAULT_ENV_FILE} when it exists)",
+    )
+    for name, field in Settings.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        aliases = ["--models"] if name == "models_path" else []
+        text = f"{field.description or ''} [BYOC_ORCH_{name.upper()}]".strip()
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if field.annotation is bool:
+            group.add_argument(
+                option, *aliases, dest=name, action=argparse.BooleanOptionalAction, help=text
+            )
+        else:
+            group.add_argument(
+                option,
+                *aliases,
+                dest=name,
+                choices=choices,
+                metavar=None if choices else name.upper(),
+                help=text,
+            )
     return flags
 
 
@@ -53,8 +79,37 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", parents=[flags], help="check an aiModels.json and summarise its entries"
     )
     validate.add_argument("path", nargs="?", type=Path, help="file to check (default: --models)")
-    commands.add_parser(
-        "status", parents=[flags], help="show the running daemon's workers and our containers"
+    status = commands.add_parser(
+        "status",
+        parents=[flags],
+        help="the running daemon's entries and replicas (exit 3 if one that should be warm is not)",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    logs = commands.add_parser(
+        "logs",
+        parents=[flags],
+        help="a worker's container log and its last failed container's final lines",
+    )
+    logs.add_argument("name", help="worker id, entry id or model_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--tail", type=int, default=100, help="lines of the log (default 100)")
+    reload = commands.add_parser(
+        "reload",
+        parents=[flags],
+        help="reload aiModels.json in the running daemon and print what changed (or every "
+        "problem; exit 1 if rejected)",
+    )
+    reload.add_argument("--dry-run", action="store_true", help="only print what would change")
+    for action, text in (
+        ("restart", "start a worker (or all replicas of an entry / model_id) afresh"),
+        ("drain", "stop sending new sessions and requests to a worker; running ones go on"),
+        ("undrain", "let a drained worker take sessions again"),
+    ):
+        command = commands.add_parser(action, parents=[flags], help=text)
+        command.add_argument("name", help="worker id, entry id or model_id")
+    config = commands.add_parser("config", parents=[flags], help="settings")
+    config.add_argument(
+        "what", choices=["show"], help="show: the effective settings, secrets masked"
     )
     export = commands.add_parser(
         "export",
@@ -102,18 +157,34 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "export":
         return _export(settings, args.what, include_token=args.include_token)
+    if args.command in CONSOLE:
+        return _console(args, settings)
     from byoc_orch.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    if args.command == "status":
-        return asyncio.run(_status(settings))
     with asyncio.Runner(loop_factory=_fast_loop()) as runner:
         return runner.run(_run(settings))
 
 
+CONSOLE = ("status", "logs", "reload", "restart", "drain", "undrain", "config")
+
+
+def _console(args: argparse.Namespace, settings: Settings) -> int:
+    from byoc_orch import console
+
+    if args.command == "status":
+        return console.status(settings, as_json=args.json)
+    if args.command == "logs":
+        return console.logs(settings, args.name, follow=args.follow, tail=args.tail)
+    if args.command == "reload":
+        return console.reload(settings, dry_run=args.dry_run)
+    if args.command == "config":
+        return console.config_show(settings)
+    return console.act(settings, args.command, args.name)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("models_path", "host", "port", "instance", "docker_host", "log_level", "log_format")
-    return {name: getattr(args, name, None) for name in names}
+    return {name: getattr(args, name, None) for name in Settings.model_fields}
 
 
 def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -216,26 +287,4 @@ def _export(settings: Settings, what: str, *, include_token: bool) -> int:
     if not entries:
         print("warning: no worker is warm right now; the list is empty", file=sys.stderr)
     sys.stdout.write(exports.render(entries))
-    return EXIT_OK
-
-
-async def _status(settings: Settings) -> int:
-    """This instance's containers as the engine sees them."""
-    from byoc_orch.daemon import engine_for
-    from byoc_orch.engine import EngineError
-
-    engine = engine_for(settings)
-    try:
-        containers = await engine.list_containers()
-    except EngineError as exc:
-        print(f"byoc-orch: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    finally:
-        await engine.close()
-    print(
-        f"instance '{settings.instance}' on {settings.docker_host}: {len(containers)} container(s)"
-    )
-    for c in sorted(containers, key=lambda c: c.name):
-        port = f"127.0.0.1:{c.host_port}" if c.host_port else "-"
-        print(f"  {c.worker_id or '?':<48} {c.state:<10} {c.id[:12]}  {port:<16} {c.image}")
     return EXIT_OK

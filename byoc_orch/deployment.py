@@ -188,6 +188,8 @@ class Deployment:
             "model_id": self.entry.model_id,
             "capability": self.entry.capability,
             "url": self.url,
+            "kind": "managed" if self.entry.managed else "external",
+            "wants_warm": self.entry.warm,
             "warm": capability is not None,
             "replicas_wanted": len(self._specs),
             "replicas_warm": sum(w.status.state is State.WARM for w in replicas),

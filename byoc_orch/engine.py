@@ -110,6 +110,8 @@ class EngineInfo:
     api_version: str
     operating_system: str
     runtimes: tuple[str, ...]
+    engine_id: str = ""
+    """The engine's own identity (`docker info` ID): the same however it is addressed."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class Engine:
             api_version=str(version.get("ApiVersion", "?")),
             operating_system=str(info.get("OperatingSystem", "?")),
             runtimes=tuple(sorted(info.get("Runtimes") or {})),
+            engine_id=str(info.get("ID") or ""),
         )
 
     async def close(self) -> None:

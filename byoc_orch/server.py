@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Iterator
 
 import structlog
@@ -20,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.api import create_app
 from byoc_orch.capabilities import Change
-from byoc_orch.daemon import Daemon, ReloadRejected
+from byoc_orch.daemon import Daemon, ReloadRejected, engine_for
 from byoc_orch.engine import EngineError
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.instance_lock import InstanceLocked, acquire
@@ -85,17 +86,60 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
         log.error("refusing to start", error=str(exc))
         return EXIT_INVALID
     try:
-        lock = acquire(settings.instance, settings.docker_host)
+        lock = acquire(settings.instance, settings.docker_host, await _engine_id(settings))
     except InstanceLocked as exc:
         log.error("refusing to start", error=str(exc))
         return EXIT_INVALID
     try:
-        return await _serve(settings, models)
+        listening = _listen(settings.host, settings.port)
+    except OSError as exc:
+        lock.close()
+        log.error(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} — another "
+            f"process holds the port (ss -ltnp 'sport = :{settings.port}'); stop it or choose "
+            "another BYOC_ORCH_PORT"
+        )
+        return EXIT_UNAVAILABLE
+    try:
+        return await _serve(settings, models, listening)
     finally:
+        listening.close()
         lock.close()
 
 
-async def _serve(settings: Settings, models: ModelsFile) -> int:
+async def _engine_id(settings: Settings) -> str | None:
+    """The Docker engine's own ID, when it answers within a few seconds (else the lock goes by
+    its socket alone)."""
+    engine = engine_for(settings)
+    try:
+        async with asyncio.timeout(min(settings.docker_timeout, 5.0)):
+            return (await engine.connect()).engine_id or None
+    except (EngineError, TimeoutError):
+        return None
+    finally:
+        await engine.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything starts so a taken port is one clear
+    line and exit 2, not a traceback from inside the server."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    if family == socket.AF_INET:
+        with contextlib.suppress(socket.gaierror):
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _serve(settings: Settings, models: ModelsFile, listening: socket.socket) -> int:
     daemon = Daemon(settings, models)
     server = _Server(
         uvicorn.Config(
@@ -125,7 +169,7 @@ async def _serve(settings: Settings, models: ModelsFile) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
-    http = asyncio.create_task(server.serve(), name="http")
+    http = asyncio.create_task(server.serve(sockets=[listening]), name="http")
     while not server.started and not http.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.01)
     if http.done():

@@ -18,6 +18,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DEFAULT_ENV_FILE = Path("/etc/byoc-orch/byoc-orch.env")
+"""The env file the systemd unit reads; commands read it too, so `status` and `reload` find the
+daemon an operator configured there."""
 INSTANCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 
 SECRET_SETTINGS = frozenset({"api_token", "orch_secret"})
@@ -376,7 +379,12 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
 
 def _env_file_from_environment() -> Path | None:
     value = os.environ.get("BYOC_ORCH_ENV_FILE")
-    return Path(value) if value else None
+    if value:
+        return Path(value)
+    try:
+        return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+    except OSError:
+        return None
 
 
 def reserved_ports(settings: Settings) -> dict[int, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from dataclasses import dataclass
 
 import docker
 import httpx
@@ -31,15 +33,22 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+# prometheus_client's standard collectors, registered beside byoc-orch's own families.
+STANDARD_PREFIXES = ("process_", "python_")
+
+
 def test_names_follow_prometheus_conventions() -> None:
     metrics = Metrics()
     metrics.add_worker("p", "m", 1)
+    metrics.set_worker_gpus("p", "m", "0", [Gpu(0, "GPU-a")])
     families = list(text_string_to_metric_families(metrics.render().decode()))
     assert families
     for family in families:
-        assert family.name.startswith("byoc_orch_"), family.name
         if family.type == "counter":
-            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+            assert all(s.name.endswith("_total") for s in family.samples), family.name
+        if family.name.startswith(STANDARD_PREFIXES):
+            continue
+        assert family.name.startswith("byoc_orch_"), family.name
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), family.name
         for sample in family.samples:
@@ -63,6 +72,113 @@ def test_names_follow_prometheus_conventions() -> None:
             }, sample
 
 
+def test_no_created_series() -> None:
+    """`_created` samples double every counter and histogram for nothing a dashboard reads."""
+    metrics = Metrics()
+    metrics.add_worker("p", "m", 1)
+    metrics.container_restarts.labels("p", "m", "0").inc()
+    metrics.probe_duration.labels("p", "m", "0").observe(0.01)
+    metrics.image_pulls.labels("pulled").inc()
+    text = metrics.render().decode()
+    assert "byoc_orch_container_restarts_total" in text
+    assert "_created" not in text
+    names = {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+    assert not {name for name in names if name.endswith("_created")}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process_* reads /proc")
+def test_process_metrics_are_in_the_daemons_registry() -> None:
+    metrics = Metrics()
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ):
+        reading = metrics.sample(name)
+        assert reading is not None and reading > 0, name
+    assert metrics.sample("python_gc_collections_total", {"generation": "0"}) is not None
+    text = metrics.render().decode()
+    assert "# TYPE process_resident_memory_bytes gauge" in text
+    assert text.count("# TYPE process_open_fds gauge") == 1, "one process collector per daemon"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """What set_worker_gpus reads from byoc_orch.gpu.GpuInfo."""
+
+    index: int
+    uuid: str
+
+
+def gpu_series(metrics: Metrics) -> set[tuple[str, str, str, str, str]]:
+    text = metrics.render().decode()
+    return {
+        (
+            sample.labels["pipeline"],
+            sample.labels["model_id"],
+            sample.labels["replica"],
+            sample.labels["gpu"],
+            sample.labels["uuid"],
+        )
+        for family in text_string_to_metric_families(text)
+        if family.name == "byoc_orch_worker_gpu_info"
+        for sample in family.samples
+        if sample.value == 1
+    }
+
+
+def test_worker_gpu_info_joins_each_replica_to_its_gpus() -> None:
+    metrics = Metrics()
+    metrics.add_entry("p", "m", 2)
+    metrics.add_replica("p", "m", "0", 1)
+    metrics.add_replica("p", "m", "1", 1)
+    assert gpu_series(metrics) == set(), "no series until the daemon says which GPUs"
+    metrics.set_worker_gpus("p", "m", "0", [Gpu(0, "GPU-a"), Gpu(1, "GPU-b")])
+    metrics.set_worker_gpus("p", "m", "1", [Gpu(2, "GPU-c")])
+    assert gpu_series(metrics) == {
+        ("p", "m", "0", "0", "GPU-a"),
+        ("p", "m", "0", "1", "GPU-b"),
+        ("p", "m", "1", "2", "GPU-c"),
+    }
+    # A relaunch on other GPUs replaces the replica's set, it does not add to it.
+    metrics.set_worker_gpus("p", "m", "0", [Gpu(1, "GPU-b"), Gpu(3, "GPU-d")])
+    assert gpu_series(metrics) == {
+        ("p", "m", "0", "1", "GPU-b"),
+        ("p", "m", "0", "3", "GPU-d"),
+        ("p", "m", "1", "2", "GPU-c"),
+    }
+    metrics.set_worker_gpus("p", "m", "1", None)
+    assert gpu_series(metrics) == {("p", "m", "0", "1", "GPU-b"), ("p", "m", "0", "3", "GPU-d")}
+    metrics.set_worker_gpus("p", "m", "1", [Gpu(2, "GPU-c")])
+    metrics.set_worker_gpus("p", "m", "1", [])
+    assert {series[2] for series in gpu_series(metrics)} == {"0"}
+    metrics.remove_replica("p", "m", "0")
+    assert gpu_series(metrics) == set()
+    assert 'replica="0"' not in metrics.render().decode()
+
+
+def test_worker_gpu_info_takes_the_daemons_gpu_inventory() -> None:
+    from byoc_orch.gpu import GpuInfo
+
+    metrics = Metrics()
+    metrics.add_worker("p", "m", 1)
+    gpu = GpuInfo(index=4, uuid="GPU-1234", name="NVIDIA H100", memory_total_bytes=80 << 30)
+    metrics.set_worker_gpus("p", "m", "0", [gpu])
+    assert (
+        metrics.sample(
+            "byoc_orch_worker_gpu_info",
+            {"pipeline": "p", "model_id": "m", "replica": "0", "gpu": "4", "uuid": "GPU-1234"},
+        )
+        == 1
+    )
+    metrics.remove_worker("p", "m")
+    assert gpu_series(metrics) == set()
+
+
 def test_removed_workers_leave_no_series() -> None:
     metrics = Metrics()
     metrics.add_worker("p", "m", 2)
@@ -84,6 +200,8 @@ async def test_counters_move_in_a_real_scenario(
         )
         async with client:
             first = await scrape(client)
+            assert not [name for name, _ in first if name.endswith("_created")]
+            assert value(first, "process_resident_memory_bytes") > 0
             # Known workers read 0 before anything happened, not absent.
             assert value(first, "byoc_orch_container_restarts_total", **replica) == 0
             assert value(first, "byoc_orch_sessions_started_total", **labels) == 0

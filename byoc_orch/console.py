@@ -1,0 +1,431 @@
+"""The operator's commands that talk to a running daemon: status, logs, reload, restart, drain,
+undrain, and config show.
+
+Each asks the daemon's HTTP API at the address the same settings as `run` give (env file
+included), with BYOC_ORCH_API_TOKEN when one is set. When the daemon cannot be reached, `status`
+and `logs` say so and fall back to what Docker shows of this instance's containers. Exit codes:
+0 fine, 1 refused (bad input, rejected reload), 2 the daemon (or Docker) out of reach, 3 an
+entry that should be warm is not (so `status` works as a monitoring check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import httpx
+
+from byoc_orch.exit_codes import EXIT_DEGRADED, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
+from byoc_orch.settings import SECRET_SETTINGS, Settings
+
+
+class DaemonUnreachable(Exception):
+    pass
+
+
+class DaemonClient:
+    """The running daemon's API, as this host reaches it."""
+
+    def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
+        self.base = settings.local_api_url
+        token = settings.api_token.get_secret_value() if settings.api_token else ""
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+
+    def call(self, method: str, path: str, **params: Any) -> httpx.Response:
+        try:
+            return httpx.request(
+                method,
+                self.base + path,
+                params=params or None,
+                headers=self._headers,
+                timeout=self._timeout,
+                trust_env=False,
+            )
+        except httpx.HTTPError as exc:
+            raise DaemonUnreachable(
+                f"the byoc-orch daemon is not reachable at {self.base} ({type(exc).__name__}) "
+                "— is it running (systemctl status byoc-orch)? This command reads the same "
+                "settings as `run`: BYOC_ORCH_HOST/PORT, the env file, flags"
+            ) from None
+
+    def json(self, path: str) -> Any:
+        reply = self.call("GET", path)
+        return reply.json()
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def status(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    client = DaemonClient(settings)
+    try:
+        ready = client.call("GET", "/readyz").json()
+        entries = client.json("/entries")
+        workers = client.json("/workers")
+    except DaemonUnreachable as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return _docker_view(settings, out, as_json=as_json)
+    by_id = {w["worker_id"]: w for w in workers}
+    for entry in entries:
+        entry["replica_status"] = [by_id[i] for i in entry["replicas"] if i in by_id]
+        entry["health"] = _health(entry)
+    unhealthy = [e for e in entries if e["health"] in ("down", "degraded")]
+    if as_json:
+        document = {"daemon": {"url": client.base, **ready}, "entries": entries}
+        document["ok"] = not unhealthy and bool(ready.get("ready"))
+        out.write(json.dumps(document, indent=2) + "\n")
+    else:
+        _print_status(client.base, ready, entries, out)
+    if not ready.get("ready"):
+        return EXIT_DEGRADED
+    return EXIT_DEGRADED if unhealthy else EXIT_OK
+
+
+def _health(entry: dict[str, Any]) -> str:
+    if not entry["wants_warm"]:
+        return "cold"
+    if not entry["warm"]:
+        return "down"
+    warm = sum(1 for w in entry["replica_status"] if w["state"] == "warm")
+    return "warm" if warm == entry["replicas_wanted"] else "degraded"
+
+
+def _print_status(
+    base: str, ready: dict[str, Any], entries: list[dict[str, Any]], out: TextIO
+) -> None:
+    warm = sum(1 for e in entries if e["warm"])
+    sessions = sum(e["in_use"] for e in entries)
+    head = "ready" if ready.get("ready") else "NOT READY"
+    print(
+        f"byoc-orch at {base} (instance {ready.get('instance')}): {head}, "
+        f"Docker {ready.get('engine', '?')} — {warm}/{len(entries)} entries warm, "
+        f"{sessions} slot{'s' if sessions != 1 else ''} in use",
+        file=out,
+    )
+    rows: list[tuple[str, ...]] = [
+        ("ENTRY / REPLICA", "STATE", "SINCE", "IN USE", "GPUS", "PORT", "RESTARTS", "REASON")
+    ]
+    for entry in entries:
+        rows.append(
+            (
+                entry["capability"],
+                entry["health"].upper()
+                if entry["health"] in ("down", "degraded")
+                else entry["health"],
+                "",
+                f"{entry['in_use']}/{entry['capacity']}",
+                "",
+                "",
+                "",
+                _rollout(entry),
+            )
+        )
+        for worker in entry["replica_status"]:
+            rows.append(_replica_row(worker))
+    _table(rows, out)
+    for entry in entries:
+        for worker in entry["replica_status"]:
+            crash = worker.get("last_failure_log")
+            if crash and worker["state"] != "warm" and crash.get("lines"):
+                print(f"\n{worker['worker_id']} last log lines ({crash['reason']}):", file=out)
+                for line in crash["lines"][-8:]:
+                    print(f"    {line}", file=out)
+
+
+def _replica_row(worker: dict[str, Any]) -> tuple[str, ...]:
+    state = worker["state"]
+    if worker.get("drained_by_operator"):
+        state += " (drained)"
+    elif worker.get("draining"):
+        state += " (draining)"
+    restarts = str(worker["restarts"])
+    if worker.get("next_restart_at"):
+        restarts += f", next in {_until(worker['next_restart_at'])}"
+    gpus = worker.get("gpus")
+    shown_gpus = ",".join(map(str, gpus)) if isinstance(gpus, list) else str(gpus or "-")
+    reason = worker.get("reason") or ""
+    if not reason and state != "warm" and worker.get("last_failure"):
+        reason = f"last failure: {worker['last_failure']}"
+    return (
+        f"  #{worker['replica']} {worker['worker_id']}",
+        state,
+        _age(worker.get("since")),
+        f"{worker['in_use']}/{worker['capacity']}",
+        shown_gpus,
+        str(worker.get("host_port") or "-"),
+        restarts,
+        reason[:100],
+    )
+
+
+def _rollout(entry: dict[str, Any]) -> str:
+    rollout = entry.get("rollout")
+    if not rollout or rollout["state"] == "done":
+        return ""
+    return f"rollout {rollout['state']}: {rollout.get('detail') or ''}".strip()
+
+
+def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip(), file=out)
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    seconds = time.time() - datetime.fromisoformat(iso).timestamp()
+    return _duration(seconds) + " ago"
+
+
+def _until(iso: str) -> str:
+    return _duration(datetime.fromisoformat(iso).timestamp() - time.time())
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _docker_view(settings: Settings, out: TextIO, *, as_json: bool) -> int:
+    """What Docker shows of this instance's containers when the daemon cannot be asked."""
+    from byoc_orch.daemon import engine_for
+    from byoc_orch.engine import EngineError
+
+    async def listed() -> Any:
+        engine = engine_for(settings)
+        try:
+            return await engine.list_containers()
+        finally:
+            await engine.close()
+
+    try:
+        containers = asyncio.run(listed())
+    except EngineError as exc:
+        print(f"byoc-orch: Docker cannot be asked either: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if as_json:
+        shown = [
+            {
+                "worker_id": c.worker_id,
+                "state": c.state,
+                "container_id": c.id,
+                "host_port": c.host_port,
+                "image": c.image,
+            }
+            for c in containers
+        ]
+        out.write(json.dumps({"daemon": None, "containers": shown}, indent=2) + "\n")
+        return EXIT_UNAVAILABLE
+    print(
+        f"Docker at {settings.docker_host} shows {len(containers)} container(s) of instance "
+        f"'{settings.instance}' (the daemon's own view is not available):",
+        file=out,
+    )
+    rows: list[tuple[str, ...]] = [("WORKER", "CONTAINER", "STATE", "PORT", "IMAGE")]
+    for c in sorted(containers, key=lambda c: c.name):
+        port = f"127.0.0.1:{c.host_port}" if c.host_port else "-"
+        rows.append((c.worker_id or "?", c.id[:12], c.state, port, c.image))
+    _table(rows, out)
+    return EXIT_UNAVAILABLE
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def logs(
+    settings: Settings, name: str, *, follow: bool, tail: int, out: TextIO | None = None
+) -> int:
+    """A worker's current container log and what its last failed container wrote."""
+    out = out or sys.stdout
+    try:
+        workers = DaemonClient(settings).json("/workers")
+    except DaemonUnreachable as exc:
+        print(f"byoc-orch: {exc}; reading Docker directly", file=sys.stderr)
+        workers = None
+    if workers is not None:
+        chosen = [w for w in workers if name in (w["worker_id"], w["entry_id"], w["model_id"])]
+        if not chosen:
+            known = sorted({w["worker_id"] for w in workers} | {w["model_id"] for w in workers})
+            print(
+                f"byoc-orch: no worker, entry or model_id {name!r}; known: {known}", file=sys.stderr
+            )
+            return EXIT_INVALID
+        targets: list[tuple[str, str | None, Any]] = [
+            (w["worker_id"], w.get("container_id"), w.get("last_failure_log")) for w in chosen
+        ]
+    else:
+        found = _containers_named(settings, name)
+        if found is None:
+            return EXIT_UNAVAILABLE
+        targets = found
+        if not targets:
+            print(f"byoc-orch: Docker has no container of {name!r}", file=sys.stderr)
+            return EXIT_INVALID
+    if follow and len(targets) > 1:
+        print(
+            f"byoc-orch: {name!r} has {len(targets)} replicas; follow one of: "
+            + ", ".join(t[0] for t in targets),
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    return _print_logs(settings, targets, follow=follow, tail=tail, out=out)
+
+
+def _containers_named(settings: Settings, name: str) -> list[tuple[str, str | None, Any]] | None:
+    from byoc_orch.container_spec import LABEL_ENTRY, LABEL_MODEL_ID
+    from byoc_orch.daemon import engine_for
+    from byoc_orch.engine import EngineError
+
+    async def listed() -> Any:
+        engine = engine_for(settings)
+        try:
+            return await engine.list_containers()
+        finally:
+            await engine.close()
+
+    try:
+        containers = asyncio.run(listed())
+    except EngineError as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return None
+    return [
+        (c.worker_id, c.id, None)
+        for c in containers
+        if name in (c.worker_id, c.labels.get(LABEL_ENTRY), c.labels.get(LABEL_MODEL_ID))
+    ]
+
+
+def _print_logs(
+    settings: Settings,
+    targets: list[tuple[str, str | None, Any]],
+    *,
+    follow: bool,
+    tail: int,
+    out: TextIO,
+) -> int:
+    from byoc_orch.daemon import engine_for
+    from byoc_orch.engine import EngineError
+
+    engine = engine_for(settings)
+    for worker_id, container_id, crash in targets:
+        if crash:
+            print(
+                f"== {worker_id}: last failed container {crash['container_id'][:12]} at "
+                f"{crash['at']} ({crash['reason']}):",
+                file=out,
+            )
+            for line in crash["lines"]:
+                print(line, file=out)
+        if not container_id:
+            print(f"== {worker_id}: no container running now", file=out)
+            continue
+        print(f"== {worker_id}: container {container_id[:12]}:", file=out)
+        try:
+            if follow:
+                with contextlib.suppress(KeyboardInterrupt):
+                    for line in engine.follow_logs(container_id, tail=tail):
+                        print(line, file=out, flush=True)
+            else:
+                for line in asyncio.run(engine.logs(container_id, tail=tail)):
+                    print(line, file=out)
+        except EngineError as exc:
+            print(f"byoc-orch: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def reload(settings: Settings, *, dry_run: bool, out: TextIO | None = None) -> int:
+    """Reload aiModels.json in the running daemon, synchronously: the plan, or every problem."""
+    out = out or sys.stdout
+    try:
+        reply = DaemonClient(settings, timeout=120).call(
+            "POST", "/reload", **({"dry_run": "true"} if dry_run else {})
+        )
+    except DaemonUnreachable as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    body = _body(reply)
+    if reply.status_code == 401:
+        print(
+            "byoc-orch: the daemon wants BYOC_ORCH_API_TOKEN; set it as for `run`", file=sys.stderr
+        )
+        return EXIT_INVALID
+    if reply.status_code != 200:
+        print(f"byoc-orch: reload rejected: {body.get('error', reply.text)}", file=sys.stderr)
+        for problem in body.get("problems", []):
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID if reply.status_code == 422 else EXIT_UNAVAILABLE
+    verb = "would change" if dry_run else "applied"
+    print(f"reload {verb}:", file=out)
+    for key in ("added", "replaced", "updated", "removed", "unchanged"):
+        names = body.get(key, [])
+        print(f"  {key:<10} {len(names):>3}  {', '.join(names)}".rstrip(), file=out)
+    return EXIT_OK
+
+
+def act(settings: Settings, action: str, name: str, out: TextIO | None = None) -> int:
+    """restart, drain or undrain a worker (or every replica of an entry or model_id)."""
+    out = out or sys.stdout
+    try:
+        reply = DaemonClient(settings).call("POST", f"/workers/{name}/{action}")
+    except DaemonUnreachable as exc:
+        print(f"byoc-orch: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    body = _body(reply)
+    if reply.status_code != 202:
+        print(
+            f"byoc-orch: {action} refused: {body.get('error', reply.text)}"
+            + (f" — {body['fix']}" if body.get("fix") else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    past = {"restart": "restarting", "drain": "drained", "undrain": "undrained"}[action]
+    for worker_id in body["workers"]:
+        print(f"{past} {worker_id}", file=out)
+    return EXIT_OK
+
+
+def config_show(settings: Settings, out: TextIO | None = None) -> int:
+    """The effective settings (what `run` would use here), secrets masked."""
+    out = out or sys.stdout
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_SETTINGS:
+            shown = "********" if value is not None and value.get_secret_value() else ""
+        else:
+            shown = (
+                ""
+                if value is None
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
+        print(f"BYOC_ORCH_{name.upper()}={shown}", file=out)
+    return EXIT_OK
+
+
+def _body(reply: httpx.Response) -> dict[str, Any]:
+    try:
+        body = reply.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
