@@ -379,6 +379,7 @@ class Daemon:
         )
         if spec is not None and spec.gpus is not None:
             worker.gpus = gpus_given(spec.gpus, self.gpu_inventory)
+        self.metrics.set_worker_gpus(entry.pipeline, entry.model_id, str(index), worker.gpus)
         self.workers[worker_id] = worker
         return worker
 

@@ -315,7 +315,8 @@ class Worker:
         labels = self.labels
         now, state = self._clock(), self.status.state
         self.metrics.set_state(*labels, str(state))
-        if self.status.restarts > before.restarts:
+        if self.status.restarts > before.restarts and before.state is not State.FAILED:
+            # A retry after a failed pull or start relaunches no container: not a restart.
             self.metrics.container_restarts.labels(*labels).inc(
                 self.status.restarts - before.restarts
             )

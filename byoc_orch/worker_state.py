@@ -14,7 +14,7 @@ first step is immediate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from byoc_orch.health import ProbeResult, Verdict
@@ -199,8 +199,9 @@ class Discard:
     """Stop (briefly) and remove a container that is being replaced."""
 
     container_id: str
-    failed: bool = False
-    """It crashed or was judged broken: keep its last log lines before it goes."""
+    failed: bool = field(default=False, compare=False)
+    """It crashed or was judged broken: keep its last log lines before it goes (a hint for
+    the runner, not part of what is decided)."""
 
 
 @dataclass(frozen=True)

@@ -121,9 +121,12 @@ async def engine(harness: Harness, instance: str) -> AsyncIterator[Engine]:
 
 
 async def eventually(
-    check: Callable[[], Any | Awaitable[Any]], within: float = 20.0, what: str = ""
+    check: Callable[[], Any | Awaitable[Any]],
+    within: float = 20.0,
+    what: str | Callable[[], str] = "",
 ) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy, or fail after `within`."""
+    """Poll `check` (sync or async) until it returns something truthy, or fail after `within`
+    (`what` may be a function, to say what the state was at that moment)."""
     deadline = time.monotonic() + within
     while True:
         value = check()
@@ -132,7 +135,8 @@ async def eventually(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what or check}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"not within {within} s: {said or check}")
         await asyncio.sleep(0.02)
 
 

@@ -116,6 +116,17 @@ async def test_status_logs_and_severities_tell_the_truth(
         assert "code 3" in failure["reason"]
         assert any("DEMO_EXIT_AFTER" in line for line in failure["lines"])
 
+        # Retrying a pull that fails restarts no container: only the crashing one counts.
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{daemon.base}/metrics")).text
+        restarts = {
+            line.split('model_id="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("byoc_orch_container_restarts_total{")
+        }
+        assert restarts["con-failed"] == 0
+        assert restarts["con-crash"] >= 1
+
         assert await cli(["logs", "con-crash", *flags]) == EXIT_OK
         shown = capsys.readouterr().out
         assert "last failed container" in shown and "DEMO_EXIT_AFTER" in shown

@@ -473,7 +473,7 @@ def test_compose_starts_go_livepeer_as_an_orchestrator_byoc_orch_registers_with(
     assert "BYOC_ORCH_ORCH_SECRET" not in environment, "not in `docker inspect`"
     entrypoint = " ".join(services["byoc-orch"]["entrypoint"])
     assert f'BYOC_ORCH_ORCH_SECRET="$(cat {secret})"' in entrypoint
-    assert entrypoint.endswith("exec byoc-orch run'") or entrypoint.endswith("exec byoc-orch run")
+    assert entrypoint.endswith("exec byoc-orch run"), "byoc-orch is PID 1: it gets the signals"
     assert environment["BYOC_ORCH_PUBLIC_URL"].endswith(":" + environment["BYOC_ORCH_PORT"])
 
 

@@ -4,6 +4,7 @@ its replicas, per-replica crashes, adoption, rolling replacement, and advertisin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -441,5 +442,6 @@ async def test_two_hosts_heartbeat_runners_of_one_app_each_withdrawn_on_its_own(
             for container in docker_client.containers.list(
                 all=True, filters={"label": f"byoc-orch.instance={instance}"}
             ):
-                container.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
         await orch.stop()
