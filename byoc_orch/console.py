@@ -374,6 +374,15 @@ def reload(settings: Settings, *, dry_run: bool, out: TextIO | None = None) -> i
         for problem in body.get("problems", []):
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID if reply.status_code == 422 else EXIT_UNAVAILABLE
+    changed = sum(len(body.get(k, [])) for k in ("added", "replaced", "updated", "removed"))
+    if not changed:
+        unchanged = len(body.get("unchanged", []))
+        print(
+            f"reload {'would change' if dry_run else 'changed'} nothing: {unchanged} "
+            f"entr{'y' if unchanged == 1 else 'ies'} as they are",
+            file=out,
+        )
+        return EXIT_OK
     verb = "would change" if dry_run else "applied"
     print(f"reload {verb}:", file=out)
     for key in ("added", "replaced", "updated", "removed", "unchanged"):

@@ -281,10 +281,13 @@ class Worker:
         if self.status.state is not before.state:
             self._observe(before)
             state = self.status.state
+            relaunched = self.status.restarts > before.restarts and before.state in RUNNING
             self._log.log(
-                state_severity(before.state, state),
+                logging.WARNING if relaunched else state_severity(before.state, state),
                 "worker recovered"
                 if state is State.WARM and before.state in TROUBLE
+                else "worker failed; starting it again at once"
+                if relaunched
                 else "worker state",
                 state=str(state),
                 previous=str(before.state),
@@ -489,6 +492,7 @@ class Worker:
 
 
 TROUBLE = frozenset({State.UNHEALTHY, State.BACKOFF, State.FAILED})
+RUNNING = frozenset({State.STARTING, State.WARM, State.UNHEALTHY})
 CRASH_LOG_LINES = 40
 
 
