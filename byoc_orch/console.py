@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from byoc_orch.engine import ContainerInfo
 from byoc_orch.exit_codes import EXIT_DEGRADED, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.settings import SECRET_SETTINGS, Settings
 
@@ -202,20 +203,26 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.0f}d"
 
 
-def _docker_view(settings: Settings, out: TextIO, *, as_json: bool) -> int:
-    """What Docker shows of this instance's containers when the daemon cannot be asked."""
+def _our_containers(settings: Settings) -> list[ContainerInfo]:
+    """This instance's containers as Docker lists them (EngineError when it cannot be asked)."""
     from byoc_orch.daemon import engine_for
-    from byoc_orch.engine import EngineError
 
-    async def listed() -> Any:
+    async def listed() -> list[ContainerInfo]:
         engine = engine_for(settings)
         try:
             return await engine.list_containers()
         finally:
             await engine.close()
 
+    return asyncio.run(listed())
+
+
+def _docker_view(settings: Settings, out: TextIO, *, as_json: bool) -> int:
+    """What Docker shows of this instance's containers when the daemon cannot be asked."""
+    from byoc_orch.engine import EngineError
+
     try:
-        containers = asyncio.run(listed())
+        containers = _our_containers(settings)
     except EngineError as exc:
         print(f"byoc-orch: Docker cannot be asked either: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -289,18 +296,10 @@ def logs(
 
 def _containers_named(settings: Settings, name: str) -> list[tuple[str, str | None, Any]] | None:
     from byoc_orch.container_spec import LABEL_ENTRY, LABEL_MODEL_ID
-    from byoc_orch.daemon import engine_for
     from byoc_orch.engine import EngineError
 
-    async def listed() -> Any:
-        engine = engine_for(settings)
-        try:
-            return await engine.list_containers()
-        finally:
-            await engine.close()
-
     try:
-        containers = asyncio.run(listed())
+        containers = _our_containers(settings)
     except EngineError as exc:
         print(f"byoc-orch: {exc}", file=sys.stderr)
         return None

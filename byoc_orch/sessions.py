@@ -158,20 +158,18 @@ class SessionTable:
                 f"{pipeline}/{model_id} is at capacity ({used}/{capacity} sessions on "
                 f"{worker_id}); try another orchestrator",
             )
-        session = Session(
-            session_id,
-            worker_id,
-            pipeline,
-            model_id,
-            started_at=now,
-            entry_id=entry_id,
-            params=params,
-            request=request or {},
+        return self._add(
+            Session(
+                session_id,
+                worker_id,
+                pipeline,
+                model_id,
+                started_at=now,
+                entry_id=entry_id,
+                params=params,
+                request=request or {},
+            )
         )
-        self._live[session_id] = session
-        self._by_worker.setdefault(worker_id, {})[session_id] = None
-        self._count(worker_id)
-        return session
 
     def adopt(
         self,
@@ -189,21 +187,25 @@ class SessionTable:
         taken. None if the id is already live here."""
         if session_id in self._live:
             return None
-        session = Session(
-            session_id,
-            worker_id,
-            pipeline,
-            model_id,
-            started_at=now,
-            entry_id=entry_id,
-            state=SessionState.ACTIVE,
-            recovered=True,
-            params=params,
-            request=request or {},
+        return self._add(
+            Session(
+                session_id,
+                worker_id,
+                pipeline,
+                model_id,
+                started_at=now,
+                entry_id=entry_id,
+                state=SessionState.ACTIVE,
+                recovered=True,
+                params=params,
+                request=request or {},
+            )
         )
-        self._live[session_id] = session
-        self._by_worker.setdefault(worker_id, {})[session_id] = None
-        self._count(worker_id)
+
+    def _add(self, session: Session) -> Session:
+        self._live[session.id] = session
+        self._by_worker.setdefault(session.worker_id, {})[session.id] = None
+        self._count(session.worker_id)
         return session
 
     def confirm(self, session_id: str) -> Session | None:

@@ -162,10 +162,10 @@ class _Recorder:
     def _changed(self, change: Change) -> None:
         now = time.time()
         for cap in change.appeared:
-            worker = self._workers.get(cap.worker_id)
-            self.listed[cap.worker_id] = (now, worker.status.container_id if worker else None)
+            worker = self._workers.get(cap.entry_id)
+            self.listed[cap.entry_id] = (now, worker.status.container_id if worker else None)
         for cap in change.withdrawn:
-            waiting = self._waiting.pop(cap.worker_id, None)
+            waiting = self._waiting.pop(cap.entry_id, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(now)
 
