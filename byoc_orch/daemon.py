@@ -60,6 +60,9 @@ from byoc_orch.worker_state import Died, EngineBack, Launch, Policy, Status
 log = structlog.get_logger("byoc_orch.daemon")
 T = TypeVar("T")
 
+RECOVERY_CONCURRENCY = 16
+"""Workers asked at once which streams they run (a restart with hundreds of workers asks them
+in waves, not all together)."""
 DANGLING_GRACE = 5.0
 """Seconds an untracked container of ours is left alone before it is removed as dangling."""
 IDLE_GRACE = 5.0
@@ -166,6 +169,7 @@ class Daemon:
             self.metrics.register(GpuCollector(self._gpus))
         self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
         self._recovering: set[str] = set()
+        self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._untracked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._timeouts = Timeouts(
@@ -464,7 +468,8 @@ class Daemon:
 
     async def _recover(self, worker: Worker) -> None:
         try:
-            found = await self.proxy.recover(worker)
+            async with self._recovery_slots:
+                found = await self.proxy.recover(worker)
         finally:
             self._recovering.discard(worker.worker_id)
         if self.workers.get(worker.worker_id) is not worker or worker.sessions_known:

@@ -18,6 +18,8 @@ forwarding.py's job.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import time
@@ -291,14 +293,18 @@ class SessionProxy:
         if upstream.is_success:
             if self.sessions.confirm(session_id) is not None:
                 self._metrics.sessions_started.labels(entry.pipeline, entry.model_id).inc()
-                log.info(
-                    "session started",
-                    session=session_id,
-                    worker_id=worker.worker_id,
-                    pipeline=entry.pipeline,
-                    model_id=entry.model_id,
-                    replica=worker.replica,
-                    container_id=(worker.status.container_id or "")[:12] or None,
+                # Logged once the answer is on its way (the next loop turn), not before.
+                asyncio.get_running_loop().call_soon(
+                    functools.partial(
+                        log.info,
+                        "session started",
+                        session=session_id,
+                        worker_id=worker.worker_id,
+                        pipeline=entry.pipeline,
+                        model_id=entry.model_id,
+                        replica=worker.replica,
+                        container_id=(worker.status.container_id or "")[:12] or None,
+                    )
                 )
         else:
             self.sessions.release(session_id)

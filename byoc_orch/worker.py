@@ -103,6 +103,7 @@ class Worker:
         self._probe: asyncio.Task[None] | None = None
         self._acting: asyncio.Task[None] | None = None
         self._acting_run = False
+        self._publish_pending = False
         self._created: str | None = None
         self.last_failure_log: FailureLog | None = None
         """The last container this worker created (whether or not its Started was applied)."""
@@ -174,12 +175,24 @@ class Worker:
         if sessions != self.sessions:
             self.sessions = sessions
             self.metrics.sessions_active.labels(*self.labels).set(sessions)
-            self._publish()
+            self._publish_soon()
 
     def add_request(self, delta: int) -> None:
         """A pass-through request took (+1) or gave back (-1) a slot."""
         self.requests += delta
         self.metrics.requests_in_flight.labels(*self.labels).set(self.requests)
+        self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Publish a change of slots in use once the call that made it has answered: routing
+        reads `in_use` directly, so only what is advertised waits for the next loop turn, and
+        a burst of changes is published once."""
+        if not self._publish_pending:
+            self._publish_pending = True
+            asyncio.get_running_loop().call_soon(self._publish_now)
+
+    def _publish_now(self) -> None:
+        self._publish_pending = False
         self._publish()
 
     def hold(self, held: bool) -> None:
@@ -188,6 +201,12 @@ class Worker:
             self.held = held
             self._log.info("worker drained by the operator" if held else "worker undrained")
             self._publish()
+
+    def _retry_in(self) -> dict[str, float]:
+        """`next_attempt_in` for a log line, when a retry is scheduled."""
+        if self.status.state in (State.BACKOFF, State.FAILED) and self.status.next_attempt_at:
+            return {"next_attempt_in": round(self.status.next_attempt_at - self._clock(), 1)}
+        return {}
 
     def notify(self) -> None:
         """Something routing depends on changed outside the worker (its streams became known):
@@ -294,9 +313,7 @@ class Worker:
                 reason=self.status.reason or None,
                 container_id=(self.status.container_id or before.container_id or "")[:12] or None,
                 restarts=self.status.restarts,
-                next_attempt_in=round(self.status.next_attempt_at - self._clock(), 1)
-                if state in (State.BACKOFF, State.FAILED) and self.status.next_attempt_at
-                else None,
+                **self._retry_in(),
             )
         self._publish()
         for action in actions:
@@ -306,6 +323,7 @@ class Worker:
                 self._actions.put_nowait(action)
 
     def _publish(self) -> None:
+        self._publish_pending = False
         if self._on_change is not None:
             self._on_change(self)
         waiters, self._status_waiters = self._status_waiters, []
