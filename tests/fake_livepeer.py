@@ -1,6 +1,7 @@
 """A fake go-livepeer orchestrator: a real HTTP/1.1 server on loopback that follows go-livepeer's
-contract for the routes byoc-orch calls, written from its source (byoc/job_orchestrator.go,
-core/external_capabilities.go, server/ai_http.go, ai/runner/live_runner.go):
+contract for the routes byoc-orch calls and the routes its clients use, written from its source
+(byoc/job_orchestrator.go, core/external_capabilities.go, server/ai_http.go, server/webserver.go,
+ai/runner/live_runner.go @176aa415):
 
 * `/capability/register`: POST only (else 405 "Method not allowed"); `Authorization` must equal
   the secret exactly (else 400 "invalid authorization"); the body is decoded the way Go's
@@ -9,14 +10,26 @@ core/external_capabilities.go, server/ai_http.go, ai/runner/live_runner.go):
   capability: …"; a currency other than wei/eth without a price feed panics the handler, which
   drops the connection; registering replaces the entry with `load` 0; 200 "ok".
 * `/capability/unregister`: same checks; the body is the raw name; always 200 "ok".
-* `POST /runners/heartbeat` and `POST /runners/{id}/unregister`: dynamic live runners with
-  bootstrap and derived heartbeat secrets, TTL expiry, 401/404/400 as go-livepeer answers.
 * `POST /process/request/<path>`: a batch job forwarded as byoc/job_orchestrator.go's
   processJob does it — the capability named in the base64 JSON `Livepeer` header (signature not
   checked), `POST {url}/<path>` with the query dropped, the client's body raw, only its
   `Content-Type` and the capability's token as `Authorization: Bearer`, `timeout_seconds` as
   the deadline for the answer's headers; the worker's status and body come back (a connection
   error or a 401 removes the capability and answers 500). Each forward is in `forwarded`.
+* The Live Runner registry (tests/fake_live_runner.py models its functions) behind the routes
+  server/ai_http.go serves: `POST /runners/heartbeat`, `POST /runners/{id}/unregister`, the
+  runner callback `POST /runner/{id}/session/{sid}/stop`, and for clients `GET /discovery`,
+  `POST /apps/{id}/session` (reserve), `POST /apps/{id}/session/{sid}/stop` and
+  `/apps/{id}/session/{sid}/app/{path...}` — reverse-proxied to `runner_url` + path with the four
+  `Livepeer-*` headers `proxyLiveRunner` sets. `POST /registerLiveRunners` (go-livepeer serves
+  it on its CLI port; here on the same one) registers static runners, whose `health_url` is
+  polled every `health_interval` with a 3 s timeout; expired dynamic runners are swept every
+  heartbeat interval (`expiryLoop`).
+
+`flavor="livepeer-node"` answers as livepeer/node's orchestrator does where it differs (notes in
+/work/notes are not shipped; docs/http-api.md there): 409 "runner at capacity" on a full reserve,
+200 `{"ok":true}` on unregister and on the runner's stop, 403 "invalid session token", JSON
+`{"error": …}` bodies, a 30 s TTL, and `720p` prices refused.
 
 Every request is recorded with its monotonic time; `restart()` stops the server, forgets every
 capability and runner (as a go-livepeer restart does) and listens again on the same port.
@@ -28,271 +41,39 @@ import asyncio
 import base64
 import contextlib
 import json
-import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
 from tests.conftest import free_port
+from tests.fake_live_runner import LiveRunnerRegistry, RunnerError
+from tests.go_livepeer_json import (
+    EXTERNAL_CAPABILITY,
+    HEARTBEAT_REQUEST,
+    GoJSONError,
+    check_static_runner_config,
+    go_decode,
+    normalize_heartbeat,
+)
 
-INT64 = (-(2**63), 2**63 - 1)
-INT = INT64
+__all__ = [
+    "EXTERNAL_CAPABILITY",
+    "FakeLivepeer",
+    "check_static_runner_config",
+    "go_decode",
+    "normalize_heartbeat",
+]
 
-EXTERNAL_CAPABILITY = {
-    "name": "string",
-    "description": "string",
-    "url": "string",
-    "capacity": "int",
-    "price_per_unit": "int64",
-    "price_scaling": "int64",
-    "currency": "string",
-    "token": "string",
-}
-PRICE_INFO = {"price": "number", "currency": "string", "unit": "string"}
-GPU = {"id": "string", "name": "string", "vram_mb": "int"}
-HEARTBEAT_REQUEST = {
-    "runner_id": "string",
-    "label": "string",
-    "proxy": "bool",
-    "runner_url": "string",
-    "version": "string",
-    "metadata": "string",
-    "status": "string",
-    "mode": "string",
-    "gpu": "gpu",
-    "app": "string",
-    "capacity": "int",
-    "price_info": PRICE_INFO,
-    "session_ids": "[]string",
-}
-STATIC_RUNNER_ENTRY = {
-    "label": "string",
-    "routing": "string",
-    "proxy": "bool",
-    "runner_url": "string",
-    "version": "string",
-    "metadata": "string",
-    "mode": "string",
-    "gpu": "gpu",
-    "app": "string",
-    "capacity": "int",
-    "price_info": PRICE_INFO,
-    "health_url": "string",
-    "healthy_status_code": "int",
-}
-STATIC_RUNNER_CONFIG = {"runners": ("[]", STATIC_RUNNER_ENTRY)}
-
-
-class GoJSONError(ValueError):
-    """What encoding/json would have returned."""
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def _reject_constant(token: str) -> Any:
-    raise GoJSONError(f"invalid character '{token[0]}' looking for beginning of value")
-
-
-def go_decode(data: bytes, spec: dict[str, Any], type_name: str, *, strict: bool = False) -> dict:
-    """Decode `data` into a struct described by `spec` as Go's json.Unmarshal would: the fields it
-    sets, or GoJSONError. `strict` also refuses keys the struct does not have (Go ignores them;
-    tests use it to catch misspelt fields)."""
-    try:
-        value = json.loads(data, parse_constant=_reject_constant)
-    except GoJSONError:
-        raise
-    except ValueError as exc:
-        raise GoJSONError(f"invalid JSON: {exc}") from None
-    return _decode_struct(value, spec, type_name, type_name.rsplit(".", 1)[-1], strict)
-
-
-def _decode_struct(value: Any, spec: dict, type_name: str, path: str, strict: bool) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise GoJSONError(
-            f"json: cannot unmarshal {_json_kind(value)} into Go value of type {type_name}"
-        )
-    out: dict[str, Any] = {}
-    first: GoJSONError | None = None
-    for key, item in value.items():
-        field = key if key in spec else next((f for f in spec if f.lower() == key.lower()), None)
-        if field is None:
-            if strict:
-                first = first or GoJSONError(f"unknown field {key!r} in {path}")
-            continue
-        try:
-            out[field] = _decode_value(item, spec[field], f"{path}.{field}", strict)
-        except GoJSONError as exc:
-            first = first or exc
-    if first is not None:
-        raise first
-    return out
-
-
-def _decode_value(value: Any, kind: Any, path: str, strict: bool) -> Any:
-    def mismatch(go_type: str) -> GoJSONError:
-        shown = _json_kind(value)
-        if shown == "number":
-            shown = f"number {value}"
-        return GoJSONError(
-            f"json: cannot unmarshal {shown} into Go struct field {path} of type {go_type}"
-        )
-
-    if isinstance(kind, dict):
-        return _decode_struct(value, kind, path, path, strict)
-    if isinstance(kind, tuple):
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise mismatch("[]struct")
-        return [_decode_value(v, kind[1], path, strict) for v in value]
-    if value is None:
-        return {"string": "", "int": 0, "int64": 0, "bool": False, "number": ""}.get(kind)
-    if kind == "string":
-        if not isinstance(value, str):
-            raise mismatch("string")
-        return value
-    if kind in ("int", "int64"):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not INT64[0] <= value <= INT64[1]
-        ):
-            raise mismatch(kind)
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise mismatch("bool")
-        return value
-    if kind == "number":
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise mismatch("json.Number")
-        text = str(value)
-        try:
-            float(text)
-        except ValueError:
-            quoted = json.dumps(json.dumps(value))
-            raise GoJSONError(
-                f"json: invalid number literal, trying to unmarshal {quoted} into Number"
-            ) from None
-        return text
-    if kind == "[]string":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise mismatch("[]string")
-        return value
-    if kind == "gpu":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return {"id": str(value)}
-        return _decode_struct(value, GPU, "runner.LiveRunnerGPU", path, strict)
-    raise AssertionError(kind)
-
-
-def _absolute_http(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and bool(parts.hostname)
-
-
-def normalize_heartbeat(req: dict[str, Any], *, onchain: bool) -> dict[str, Any]:
-    """go-livepeer's normalizeHeartbeat: ValueError with its message, or the normalised request."""
-    req = dict(req)
-    if not _absolute_http(req.get("runner_url", "")):
-        raise ValueError("invalid runner_url")
-    app = req.get("app", "")
-    if not app or app != app.strip():
-        raise ValueError("app must be trimmed")
-    metadata = req.get("metadata", "")
-    if len(metadata.encode()) > 1024:
-        raise ValueError("metadata must be at most 1024 bytes")
-    status = req.get("status", "")
-    if status != status.strip().lower():
-        raise ValueError("status must be lowercase and trimmed")
-    mode = req.get("mode") or "persistent"
-    mode = "single-shot" if mode == "single_shot" else mode
-    if mode not in ("persistent", "single-shot"):
-        raise ValueError('mode must be "persistent" or "single-shot"')
-    req["mode"] = mode
-    capacity = req.get("capacity", 0)
-    if capacity < 0:
-        raise ValueError("capacity must be >= 0")
-    req["capacity"] = capacity or 1
-    if onchain:
-        price = req.get("price_info", {})
-        text = str(price.get("price", "")).strip()
-        if not text:
-            raise ValueError("price_info.price is required")
-        try:
-            if float(text) <= 0:
-                raise ValueError
-        except ValueError:
-            raise ValueError("price_info.price must be a positive decimal") from None
-        if (price.get("currency") or "usd").strip().lower() != "usd":
-            raise ValueError("price_info.currency must be usd")
-        if (price.get("unit") or "hour").strip().lower() not in ("hour", "720p", "fixed"):
-            raise ValueError("price_info.unit must be hour, 720p, or fixed")
-    return req
-
-
-def check_static_runner_config(data: bytes, *, onchain: bool, strict: bool = True) -> list[dict]:
-    """What go-livepeer does with a `-liveRunnerConfig` file before registering it
-    (ParseStaticLiveRunnerConfig, RegisterStaticRunners, buildStaticRunner): the normalised
-    entries, or ValueError/GoJSONError with its message."""
-    config = go_decode(data, STATIC_RUNNER_CONFIG, "runner.StaticLiveRunnerConfig", strict=strict)
-    entries = config.get("runners", [])
-    labels: set[str] = set()
-    for i, entry in enumerate(entries):
-        routing = (entry.get("routing") or "").strip() or "runner-id"
-        if routing not in ("runner-id", "label"):
-            raise ValueError(f'runners[{i}]: routing must be "runner-id" or "label"')
-        entry["routing"] = routing
-        entry["healthy_status_code"] = entry.get("healthy_status_code") or 200
-        health = entry.get("health_url", "")
-        if health.startswith("/") and not health.startswith("//"):
-            if not _absolute_http(entry.get("runner_url", "")):
-                raise ValueError(f"runners[{i}]: invalid runner_url")
-            health = entry["runner_url"].rstrip("/") + health
-        entry["health_url"] = health
-        label = entry.get("label", "")
-        try:
-            if not label or label != label.strip():
-                raise ValueError("label is required and must be trimmed")
-            if not health:
-                raise ValueError("health_url is required")
-            if not _absolute_http(health):
-                raise ValueError("invalid health_url")
-            if not 100 <= entry["healthy_status_code"] <= 599:
-                raise ValueError("healthy_status_code must be a valid HTTP status code")
-            normalize_heartbeat(entry, onchain=onchain)
-        except ValueError as exc:
-            raise ValueError(f"runners[{i}]: {exc}") from None
-        if label in labels:
-            raise ValueError(f"runners[{i}]: duplicate label {label!r}")
-        if routing == "label" and "/" in label:
-            raise ValueError(f'runners[{i}]: label cannot contain / when routing is "label"')
-        labels.add(label)
-    return entries
-
-
-def _go_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
+Flavor = Literal["go-livepeer", "livepeer-node"]
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+        "upgrade", "content-length", "host",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -304,6 +85,7 @@ class Call:
     body: bytes
     status: int | None
     """None: the connection was dropped without an answer."""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -319,8 +101,12 @@ REASONS = {
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
 }
 
 
@@ -329,6 +115,16 @@ def _go_error(message: str, status: int) -> _Response:
     return _Response(
         status, (message + "\n").encode(), extra=(("X-Content-Type-Options", "nosniff"),)
     )
+
+
+def _is_app_path(path: str) -> bool:
+    """`/apps/{runner_id}/session/{session_id}/app/{app_path...}`."""
+    parts = path.split("/", 6)
+    return len(parts) >= 6 and parts[1] == "apps" and parts[3] == "session" and parts[5] == "app"
+
+
+def _json(value: Any, status: int = 200) -> _Response:
+    return _Response(status, json.dumps(value).encode(), "application/json")
 
 
 class FakeLivepeer:
@@ -343,20 +139,34 @@ class FakeLivepeer:
         onchain: bool = False,
         price_feed: bool = False,
         heartbeat_interval: float = 5.0,
-        heartbeat_ttl: float = 20.0,
+        heartbeat_ttl: float | None = None,
+        health_interval: float = 5.0,
+        health_timeout: float = 3.0,
+        flavor: Flavor = "go-livepeer",
+        live_runner_url: str | None = None,
     ) -> None:
-        self.secret = secret
         self.port = port or free_port()
         self.live_runners = live_runners
         self.onchain = onchain
         self.price_feed = price_feed
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_ttl = heartbeat_ttl
+        self.flavor = flavor
+        self.health_interval = health_interval
+        self.health_timeout = health_timeout
         self.calls: list[Call] = []
         self.forwarded: list[dict[str, Any]] = []
+        self.proxied: list[dict[str, Any]] = []
+        """Every call the registry reverse-proxied to a runner: route, session, path, status."""
         self.capabilities: dict[str, dict[str, Any]] = {}
-        self._runners: dict[str, dict[str, Any]] = {}
+        self.registry = LiveRunnerRegistry(
+            registration_secret=secret,
+            service_url=lambda: self.url,
+            live_runner_url=(lambda: live_runner_url) if live_runner_url else None,
+            onchain=onchain,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_ttl=heartbeat_ttl or (30.0 if flavor == "livepeer-node" else 20.0),
+        )
         self._server: asyncio.Server | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -365,16 +175,39 @@ class FakeLivepeer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def secret(self) -> str:
+        """The orchestrator secret (`-orchSecret`): BYOC's and the registry's registration one."""
+        return self.registry.registration_secret
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.registry.registration_secret = value
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.registry.heartbeat_interval
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        return self.registry.heartbeat_ttl
+
+    @property
     def running(self) -> bool:
         return self._server is not None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._loops = [
+            asyncio.create_task(self._every(self.heartbeat_interval, self._sweep)),
+            asyncio.create_task(self._every(self.health_interval, self.check_static_health)),
+        ]
 
     async def stop(self) -> None:
         """Stop listening and cut every open connection, as a killed process would."""
         if self._server is None:
             return
+        for loop in self._loops:
+            loop.cancel()
         self._server.close()
         for writer in list(self._connections):
             writer.close()
@@ -387,7 +220,7 @@ class FakeLivepeer:
         """Stop, forget everything registered, and come back on the same port."""
         await self.stop()
         self.capabilities.clear()
-        self._runners.clear()
+        self.registry.clear()
         if downtime:
             await asyncio.sleep(downtime)
         await self.start()
@@ -403,10 +236,83 @@ class FakeLivepeer:
 
     @property
     def runners(self) -> dict[str, dict[str, Any]]:
-        self._expire()
+        """Registered runners that have not expired, by runner id, without their secrets."""
+        reg = self.registry
         return {
-            rid: {k: v for k, v in r.items() if k != "secret"} for rid, r in self._runners.items()
+            r.runner_id: r.public()
+            for r in reg.runners.values()
+            if not r.removed and not reg.expired(r)
         }
+
+    def runner_labelled(self, label: str) -> dict[str, Any] | None:
+        runner = self.registry.by_label(label)
+        return None if runner is None else runner.public()
+
+    @property
+    def released(self) -> list[Any]:
+        return list(self.registry.released)
+
+    # -------------------------------------------------------------- a client of the registry
+
+    async def reserve(self, route: str) -> httpx.Response:
+        """`POST /apps/{route}/session`, as a client reserves a session."""
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return await client.post(f"{self.url}/apps/{route}/session", timeout=10)
+
+    async def client_stop(self, route: str, session_id: str) -> httpx.Response:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return await client.post(
+                f"{self.url}/apps/{route}/session/{session_id}/stop", timeout=10
+            )
+
+    async def app_call(
+        self,
+        route: str,
+        session_id: str,
+        path: str,
+        *,
+        method: str = "POST",
+        json_body: Any = None,
+        timeout: float = 15.0,
+    ) -> httpx.Response:
+        """A call to the app through the registry's reverse proxy."""
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return await client.request(
+                method,
+                f"{self.url}/apps/{route}/session/{session_id}/app/{path.lstrip('/')}",
+                json=json_body,
+                timeout=timeout,
+            )
+
+    # -------------------------------------------------------------- loops
+
+    async def _every(self, seconds: float, work: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            result = work()
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _sweep(self) -> None:
+        """`expiryLoop` → `removeExpiredRunners`."""
+        self.registry.remove_expired()
+
+    async def check_static_health(self) -> None:
+        """`checkStaticRunnerHealth`: GET every static runner's health_url; one answer other
+        than its healthy status (or none within the timeout) releases its sessions."""
+        checks = self.registry.static_checks()
+        if not checks:
+            return
+        async with httpx.AsyncClient(trust_env=False, timeout=self.health_timeout) as client:
+            for runner, url, wanted in checks:
+                self.registry.static_health(runner, await self._healthy(client, url, wanted))
+
+    @staticmethod
+    async def _healthy(client: httpx.AsyncClient, url: str, wanted: int) -> bool:
+        try:
+            return (await client.get(url)).status_code == wanted
+        except httpx.HTTPError:
+            return False
 
     # -------------------------------------------------------------- HTTP
 
@@ -425,16 +331,23 @@ class FakeLivepeer:
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _version = lines[0].split(" ", 2)
                 headers: dict[str, str] = {}
+                raw_headers: list[tuple[str, str]] = []
                 for line in lines[1:]:
                     if line:
                         name, _, value = line.partition(":")
                         headers.setdefault(name.strip().lower(), value.strip())
+                        raw_headers.append((name.strip(), value.strip()))
                 body = await self._read_body(reader, headers)
-                path = urlsplit(target).path
+                parts = urlsplit(target)
+                path = parts.path
                 if path.startswith("/process/request/"):
                     response = await self._process_job(method, path, headers, body)
+                elif _is_app_path(path):
+                    response = await self._proxy_app(method, parts, raw_headers, body)
+                elif path == "/registerLiveRunners":
+                    response = await self._register_static(method, body)
                 else:
-                    response = self._handle(method, path, headers.get("authorization", ""), body)
+                    response = self._handle(method, path, headers, body)
                 self.calls.append(
                     Call(
                         time.monotonic(),
@@ -443,6 +356,7 @@ class FakeLivepeer:
                         headers.get("authorization"),
                         body,
                         response.status if response else None,
+                        tuple(raw_headers),
                     )
                 )
                 if response is None:
@@ -483,7 +397,31 @@ class FakeLivepeer:
             b"" if response.status == 204 else response.body
         )
 
-    def _handle(self, method: str, path: str, auth: str, body: bytes) -> _Response | None:
+    def _error(self, message: str, status: int) -> _Response:
+        if self.flavor == "livepeer-node":
+            return _json({"error": message}, status)
+        return _go_error(message, status)
+
+    def _runner_error(self, exc: RunnerError) -> _Response:
+        """`respondWithLiveRunnerError` (http.Error), or livepeer/node's differences."""
+        status, message = exc.status, exc.message
+        if self.flavor == "livepeer-node":
+            if message == "no capacity available for runner":
+                status, message = 409, "runner at capacity"
+            elif message == "invalid authorization" and status == 401:
+                status, message = 401, "invalid runner credential"
+            elif message == "runner session not found":
+                message = "session not found"
+        return self._error(message, status)
+
+    def _ok(self) -> _Response:
+        """go-livepeer answers 204 where livepeer/node answers 200 {"ok":true}."""
+        return _json({"ok": True}) if self.flavor == "livepeer-node" else _Response(204)
+
+    def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> _Response | None:
+        auth = headers.get("authorization", "")
         if path == "/capability/register":
             return self._register(method, auth, body)
         if path == "/capability/unregister":
@@ -492,12 +430,142 @@ class FakeLivepeer:
             if method != "POST":
                 return _go_error("Method Not Allowed", 405)
             return self._heartbeat(auth, body)
+        if path == "/discovery" and method == "GET":
+            return _json(self.registry.discovery())
         parts = path.split("/")
-        if len(parts) == 4 and parts[1] == "runners" and parts[3] == "unregister" and parts[2]:
-            if method != "POST":
-                return _go_error("Method Not Allowed", 405)
-            return self._runner_unregister(parts[2], auth)
+        try:
+            if len(parts) == 4 and parts[1] == "runners" and parts[3] == "unregister" and parts[2]:
+                if method != "POST":
+                    return _go_error("Method Not Allowed", 405)
+                self._live_runners_on()
+                self.registry.unregister(parts[2], auth)
+                return self._ok()
+            stop = len(parts) == 6 and parts[3] == "session" and parts[5] == "stop"
+            if stop and parts[1] == "runner" and method == "POST":
+                return self._runner_stop(parts[2], parts[4], headers)
+            if len(parts) == 4 and parts[1] == "apps" and parts[3] == "session":
+                if method != "POST":
+                    return _go_error("Method Not Allowed", 405)
+                self._live_runners_on()
+                session_id, app_url, control_url = self.registry.reserve(parts[2])
+                return _json(
+                    {"session_id": session_id, "app_url": app_url, "control_url": control_url}
+                )
+            if stop and parts[1] == "apps" and method == "POST":
+                self._live_runners_on()
+                self.registry.release_session(parts[2], parts[4], "client stop")
+                return self._ok()
+        except RunnerError as exc:
+            return self._runner_error(exc)
         return _go_error("404 page not found", 404)
+
+    def _live_runners_on(self) -> None:
+        if not self.live_runners:
+            raise RunnerError(404, "live runners are not supported")
+
+    def _runner_stop(self, route: str, session_id: str, headers: dict[str, str]) -> _Response:
+        """`StopLiveRunnerSessionInternal`."""
+        self._live_runners_on()
+        token = headers.get("livepeer-session-token", "")
+        try:
+            self.registry.stop_internal(route, session_id, token)
+        except RunnerError as exc:
+            if self.flavor == "livepeer-node" and exc.status == 401:
+                return self._error("invalid session token", 403)
+            raise
+        return self._ok()
+
+    # -------------------------------------------------------------- Live Runner
+
+    def _heartbeat(self, auth: str, body: bytes) -> _Response:
+        """`LiveRunnerHeartbeat` → `Heartbeat`."""
+        if not self.live_runners:
+            return _go_error("live runners are not supported", 404)
+        try:
+            req = go_decode(body, HEARTBEAT_REQUEST, "runner.LiveRunnerHeartbeatRequest")
+        except GoJSONError as exc:
+            return _go_error(str(exc), 400)
+        if self.flavor == "livepeer-node":
+            unit = str((req.get("price_info") or {}).get("unit", "")).strip().lower()
+            if unit == "720p":
+                return self._error("720p pricing is unsupported", 400)
+        try:
+            answer = self.registry.heartbeat(req, auth)
+        except RunnerError as exc:
+            if self.flavor == "livepeer-node" and exc.status == 401:
+                return self._error("invalid runner credential", 401)
+            return self._runner_error(exc)
+        return _json(answer)
+
+    async def _register_static(self, method: str, body: bytes) -> _Response:
+        """server/webserver.go `registerLiveRunnersHandler` → `RegisterStaticRunnersJSON`."""
+        if method != "POST":
+            return _go_error("Method not allowed", 405)
+        if not self.live_runners:
+            return _go_error("live runners are not supported", 404)
+        try:
+            entries = check_static_runner_config(body, onchain=self.onchain, strict=False)
+        except (ValueError, GoJSONError) as exc:
+            return _go_error(str(exc), 400)
+        async with httpx.AsyncClient(trust_env=False, timeout=self.health_timeout) as client:
+            healthy = [
+                await self._healthy(client, e["health_url"], e["healthy_status_code"])
+                for e in entries
+            ]
+        return _json({"runners": self.registry.register_static(entries, healthy)})
+
+    async def _proxy_app(
+        self,
+        method: str,
+        target: Any,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> _Response:
+        """`ProxyLiveRunnerSession` → `proxyLiveRunner`: to `runner_url` + app path, query
+        kept, the client's headers passed on with the four `Livepeer-*` headers set."""
+        parts = target.path.split("/", 6)
+        # ['', 'apps', route, 'session', sid, 'app', rest]
+        if len(parts) < 6 or parts[1] != "apps" or parts[3] != "session" or parts[5] != "app":
+            return _go_error("404 page not found", 404)
+        route, session_id = unquote(parts[2]), unquote(parts[4])
+        app_path = unquote(parts[6]) if len(parts) > 6 else ""
+        try:
+            self._live_runners_on()
+            _runner, endpoint, token = self.registry.endpoint_for_session(route, session_id)
+        except RunnerError as exc:
+            return self._runner_error(exc)
+        base = urlsplit(endpoint)
+        path = "/" + "/".join(p.strip("/") for p in (base.path, app_path) if p.strip("/"))
+        if app_path.endswith("/") and not path.endswith("/"):
+            path += "/"
+        url = f"{base.scheme}://{base.netloc}{quote(path, safe='/:@!$&()*+,;=-._~')}"
+        if target.query:
+            url += "?" + target.query
+        out = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+        out = [(k, v) for k, v in out if not k.lower().startswith("livepeer-")]
+        out += [
+            ("Livepeer-Runner-Route", route),
+            ("Livepeer-Session-Id", session_id),
+            ("Livepeer-Session-Token", token),
+            ("Livepeer-Session-Control", self.registry.control_url(route, session_id)),
+            ("X-Forwarded-For", "127.0.0.1"),
+        ]
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                reply = await client.request(method, url, content=body, headers=out, timeout=60.0)
+        except httpx.HTTPError as exc:
+            self.proxied.append(
+                {"route": route, "session": session_id, "path": path, "status": 502}
+            )
+            return _go_error(str(exc) or type(exc).__name__, 502)
+        self.proxied.append(
+            {"route": route, "session": session_id, "path": path, "status": reply.status_code}
+        )
+        return _Response(
+            reply.status_code,
+            reply.content,
+            content_type=reply.headers.get("content-type", "application/octet-stream"),
+        )
 
     # -------------------------------------------------------------- BYOC
 
@@ -563,62 +631,3 @@ class FakeLivepeer:
             return _go_error("invalid authorization", 400)
         self.capabilities.pop(body.decode("utf-8", "replace"), None)
         return _Response(200, b"ok", "application/json")
-
-    # -------------------------------------------------------------- Live Runner
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for rid in [r for r, v in self._runners.items() if now - v["last"] > self.heartbeat_ttl]:
-            del self._runners[rid]
-
-    def _heartbeat(self, auth: str, body: bytes) -> _Response:
-        if not self.live_runners:
-            return _go_error("live runners are not supported", 404)
-        try:
-            req = go_decode(body, HEARTBEAT_REQUEST, "runner.LiveRunnerHeartbeatRequest")
-        except GoJSONError as exc:
-            return _go_error(str(exc), 400)
-        runner_id = req.get("runner_id", "").strip() or "runner_" + secrets.token_hex(4)
-        try:
-            req = normalize_heartbeat(req, onchain=self.onchain)
-        except ValueError as exc:
-            return _go_error(str(exc), 400)
-        req["runner_id"] = runner_id
-        self._expire()
-        runner = self._runners.get(runner_id)
-        answer: dict[str, Any] = {
-            "runner_id": runner_id,
-            "orchestrator": self.url,
-            "heartbeat_interval": _go_duration(self.heartbeat_interval),
-            "heartbeat_ttl": _go_duration(self.heartbeat_ttl),
-        }
-        if runner is None:
-            if not self.secret:
-                return _go_error("dynamic live runner registration is disabled", 404)
-            if not secrets.compare_digest(auth, self.secret):
-                return _go_error("invalid registration authorization", 401)
-            secret = secrets.token_hex(16)
-            self._runners[runner_id] = {**req, "secret": secret, "last": time.monotonic()}
-            answer["heartbeat_secret"] = secret
-            answer["o2r"] = {
-                "name": "o2r",
-                "channel_name": runner_id + "-o2r",
-                "url": "",
-                "mime_type": "application/json",
-            }
-        else:
-            if not secrets.compare_digest(auth, runner["secret"]):
-                return _go_error("invalid heartbeat authorization", 401)
-            runner.update(req, last=time.monotonic())
-        answer["session_ids"] = []
-        return _Response(200, json.dumps(answer).encode(), "application/json")
-
-    def _runner_unregister(self, runner_id: str, auth: str) -> _Response:
-        self._expire()
-        runner = self._runners.get(runner_id)
-        if runner is None:
-            return _go_error("runner not found", 404)
-        if not secrets.compare_digest(auth, runner["secret"]):
-            return _go_error("invalid authorization", 401)
-        del self._runners[runner_id]
-        return _Response(204)
