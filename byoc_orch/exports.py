@@ -2,7 +2,9 @@
 
 * `live-runners`: the `-liveRunnerConfig` document for every aiModels.json entry, built from the
   file and the settings alone. go-livepeer polls each entry's readiness URL, so cold entries are
-  listed too and become routable once warm.
+  listed too and become routable once warm. `--format livepeer-node` writes the same runners as
+  livepeer/node's `RunnerConfig` TOML (`[[Runners]]` with Go field names, docs/configuration.md
+  there), with the `RunnerGrants`/`HealthGrants` its orchestrator config needs for them.
 * `aimodels`: the warm entries in go-livepeer's aiModels.json shape with `url` on byoc-orch's
   proxy, read from the running daemon's `GET /capabilities` — only the daemon knows what is warm.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -30,6 +33,71 @@ class DaemonUnreachableError(Exception):
 
 def live_runners(models: ModelsFile, settings: Settings) -> dict[str, Any]:
     return runners_document(models.entries, settings.public_base_url, models.replicas)
+
+
+NODE_RUNNER_KEYS = (
+    ("ID", "label"),
+    ("Label", "label"),
+    ("RunnerURL", "runner_url"),
+    ("App", "app"),
+    ("Mode", "mode"),
+    ("Capacity", "capacity"),
+    ("HealthURL", "health_url"),
+    ("HealthCode", "healthy_status_code"),
+)
+"""livepeer/node's static runner keys and the go-livepeer runners.json field each comes from."""
+NODE_GPU_KEYS = (("ID", "id"), ("Name", "name"), ("VRAMMB", "vram_mb"))
+
+
+def node_runners_toml(document: dict[str, Any], base_url: str) -> str:
+    """A go-livepeer runners document as livepeer/node's static runner file.
+
+    livepeer/node routes by runner `ID` (`[A-Za-z0-9_-]`, ≤ 128 bytes; worker ids qualify), takes
+    prices only per `hour` or `fixed` — go-livepeer's `720p` unit is USD per hour of 720p at
+    30 fps, so the same number is the hour's price of such a stream — and dials a loopback or
+    private runner only when its orchestrator config grants that address."""
+    address = _host_port(base_url)
+    lines = [
+        "# livepeer/node static runners, from byoc-orch's aiModels.json (byoc-orch export",
+        "# live-runners --format livepeer-node). Load it with RunnerConfig (--runner-config).",
+        f'# Its orchestrator config must grant byoc-orch\'s address: RunnerGrants = ["{address}"]',
+        f'# and HealthGrants = ["{address}"] (a private or loopback address is refused otherwise).',
+        "",
+    ]
+    for runner in document["runners"]:
+        lines.append("[[Runners]]")
+        for key, field in NODE_RUNNER_KEYS:
+            if field in runner:
+                lines.append(f"{key} = {_toml(runner[field])}")
+        lines.append('Status = "ready"')
+        gpu = runner.get("gpu")
+        if gpu:
+            lines.append("[Runners.GPU]")
+            lines += [f"{key} = {_toml(gpu[f])}" for key, f in NODE_GPU_KEYS if f in gpu]
+        price = runner.get("price_info")
+        if price:
+            lines.append("[Runners.PriceInfo]")
+            lines.append(f"Price = {_toml(str(price['price']))}")
+            lines.append('Currency = "usd"')
+            lines.append('Unit = "hour"')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _toml(value: Any) -> str:
+    """A TOML scalar: strings JSON-quoted (a valid TOML basic string), numbers and bools bare."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def live_runner_warnings(settings: Settings) -> list[str]:

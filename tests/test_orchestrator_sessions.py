@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -170,3 +171,29 @@ async def test_a_release_gives_up_after_its_deadline() -> None:
     assert seen == [ReleaseResult.GAVE_UP]
     levels = [e["log_level"] for e in logs]
     assert levels == ["warning", "error"], "one warning while retrying, one error at the end"
+
+
+def test_proposed_runner_ids_are_stable_route_safe_and_distinct(tmp_path: Any) -> None:
+    from byoc_orch.runner_ids import MAX_RUNNER_ID, host_id, runner_id
+
+    machine = tmp_path / "machine-id"
+    machine.write_text("0123456789abcdef\n")
+    host = host_id(machine)
+    assert host == host_id(machine) and len(host) == 8
+    other = tmp_path / "other"
+    other.write_text("fedcba9876543210\n")
+    assert host_id(other) != host
+    ids = {
+        runner_id(host, "default", "live-video-to-video-m-1234abcd-r0"),
+        runner_id(host, "default", "live-video-to-video-m-1234abcd-r1"),
+        runner_id(host, "second", "live-video-to-video-m-1234abcd-r0"),
+        runner_id(host_id(other), "default", "live-video-to-video-m-1234abcd-r0"),
+        runner_id(host, "dotted.one", "w"),
+        runner_id(host, "dotted_one", "w"),
+        runner_id(host, "default", "x" * 200),
+        runner_id(host, "default", "x" * 201),
+    }
+    assert len(ids) == 8
+    for each in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", each) and len(each) <= MAX_RUNNER_ID
+    assert runner_id(host, "default", "w-r0") == f"byoc-{host}-default-w-r0"
