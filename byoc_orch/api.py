@@ -17,7 +17,8 @@ from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
 from byoc_orch.openapi_proxy import proxy_paths
-from byoc_orch.proxy import SessionProxy, WorkerBrokeOff
+from byoc_orch.passthrough import WorkerBrokeOff
+from byoc_orch.proxy import SessionProxy
 from byoc_orch.routes import PROXY_PREFIX
 from byoc_orch.worker import Worker
 

@@ -47,27 +47,26 @@ from byoc_orch.gpu import (
 )
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
+from byoc_orch.passthrough import Passthrough
 from byoc_orch.placement import GpuPool, pool_from
-from byoc_orch.proxy import SessionProxy, Target
+from byoc_orch.proxy import SessionProxy
+from byoc_orch.proxy_target import Target
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
 from byoc_orch.routes import proxy_url
 from byoc_orch.sd_notify import Notifier
-from byoc_orch.sessions import EndReason, Session, SessionTable
+from byoc_orch.session_lifecycle import SessionLifecycle
+from byoc_orch.session_routes import ContainerRoutes
+from byoc_orch.sessions import EndReason
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
+from byoc_orch.worker_calls import WorkerCalls
 from byoc_orch.worker_state import Died, EngineBack, Launch, Policy, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 T = TypeVar("T")
 
-RECOVERY_CONCURRENCY = 16
-"""Workers asked at once which streams they run (a restart with hundreds of workers asks them
-in waves, not all together)."""
 DANGLING_GRACE = 5.0
 """Seconds an untracked container of ours is left alone before it is removed as dangling."""
-IDLE_GRACE = 5.0
-"""Seconds a session must have run before a worker's IDLE ends it: a probe answered just
-before the start reached the worker must not end the session it started."""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -139,21 +138,35 @@ class Daemon:
         self.metrics = Metrics()
         self._http = shared_client()
         self._workers_http = WorkerConnections()
-        self.sessions = SessionTable(on_count=self._sessions_counted, on_end=self._session_ended)
+        calls = WorkerCalls(
+            self._workers_http,
+            connect_timeout=settings.proxy_connect_timeout,
+            timeout=settings.proxy_timeout,
+        )
+        self.routes = ContainerRoutes(calls)
+        self.lifecycle = SessionLifecycle(
+            workers=self.workers.get,
+            ask_status=self.routes.status,
+            spawn=self._spawn_background,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self.sessions = self.lifecycle.table
+        """The session table, for reading; sessions change through `lifecycle`."""
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.guard = Guard(token or None, settings.trusted)
         self.proxy = SessionProxy(
             resolve=self.target,
             deployments=lambda: self.deployments,
-            sessions=self.sessions,
-            connections=self._workers_http,
+            lifecycle=self.lifecycle,
+            calls=calls,
+            routes=self.routes,
+            passthrough=Passthrough(
+                calls, self.metrics, max_body_bytes=settings.max_passthrough_bytes
+            ),
             metrics=self.metrics,
-            connect_timeout=settings.proxy_connect_timeout,
-            timeout=settings.proxy_timeout,
             max_body_bytes=settings.max_body_bytes,
-            max_passthrough_bytes=settings.max_passthrough_bytes,
             guard=self.guard,
-            clock=clock,
         )
         self.registry.subscribe(self._capabilities_changed)
         self._events: EventStream | None = None
@@ -168,8 +181,6 @@ class Daemon:
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
         self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
-        self._recovering: set[str] = set()
-        self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._untracked: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._timeouts = Timeouts(
@@ -281,9 +292,7 @@ class Daemon:
             task.cancel()
         if self.settings.stop_containers_on_exit:
             for worker in self.workers.values():
-                self.proxy.end_worker_sessions(
-                    worker.worker_id, EndReason.SHUTDOWN, "byoc-orch stopped its containers"
-                )
+                self.end_sessions(worker, EndReason.SHUTDOWN, "byoc-orch stopped its containers")
         elif running := len(self.sessions.live()):
             # The containers keep running, and so do their streams; the next start finds them.
             log.info("leaving sessions running in their containers", sessions=running)
@@ -396,7 +405,7 @@ class Daemon:
     def forget_worker(self, worker: Worker) -> None:
         if self.workers.get(worker.worker_id) is worker:
             del self.workers[worker.worker_id]
-        self.proxy.forget(worker.worker_id)
+        self.routes.forget(worker.worker_id)
         entry = worker.entry
         still = self.deployments.get(worker.entry_id)
         if still is None or worker.replica not in still.workers:
@@ -459,43 +468,17 @@ class Daemon:
                 )
         return removed
 
-    def recover_sessions(self, worker: Worker) -> None:
-        """Learn, once, which streams an adopted (or, after a restart, external) worker runs."""
-        if worker.worker_id in self._recovering:
-            return
-        self._recovering.add(worker.worker_id)
-        self._spawn_background(self._recover(worker), f"recover-{worker.worker_id}")
+    # -- what entries ask of the daemon (deployment.Host); sessions are the lifecycle's ---------
 
-    async def _recover(self, worker: Worker) -> None:
-        try:
-            async with self._recovery_slots:
-                found = await self.proxy.recover(worker)
-        finally:
-            self._recovering.discard(worker.worker_id)
-        if self.workers.get(worker.worker_id) is not worker or worker.sessions_known:
-            return
-        worker.sessions_known = True
-        worker.set_sessions(self.sessions.in_use(worker.worker_id))
-        worker.notify()
-        if found:
-            log.info(
-                "recovered sessions",
-                worker_id=worker.worker_id,
-                sessions=found,
-                container_id=(worker.status.container_id or "")[:12] or None,
-            )
+    def recover_sessions(self, worker: Worker) -> None:
+        self.lifecycle.recover(worker)
 
     def worker_idle(self, worker: Worker) -> None:
-        """The worker says IDLE: sessions byoc-orch still counts there ended on its side."""
-        started_before = self._clock() - IDLE_GRACE
-        for session in self.sessions.live(worker.worker_id):
-            if session.started_at <= started_before:
-                self.proxy.end_session(
-                    session.id, EndReason.ENDED_BY_WORKER, "the worker reports IDLE"
-                )
+        self.lifecycle.worker_idle(worker)
 
     def end_sessions(self, worker: Worker, reason: EndReason, detail: str | None) -> None:
-        self.proxy.end_worker_sessions(worker.worker_id, reason, detail)
+        self.lifecycle.end_worker(worker.worker_id, reason, detail)
+        self.routes.forget(worker.worker_id)
 
     def session_ids(self, worker_id: str) -> tuple[str, ...]:
         return self.sessions.live_ids(worker_id)
@@ -657,9 +640,7 @@ class Daemon:
         """Start these replicas afresh: their sessions end (`restarted`), a new container (or,
         for an external worker, new probing) replaces the old one."""
         for worker in workers:
-            self.proxy.end_worker_sessions(
-                worker.worker_id, EndReason.RESTARTED, "restarted by the operator"
-            )
+            self.end_sessions(worker, EndReason.RESTARTED, "restarted by the operator")
             log.info("restarting worker at the operator's request", worker_id=worker.worker_id)
             worker.post(Launch())
 
@@ -727,20 +708,10 @@ class Daemon:
             if worker.entry.managed and container_id and container_id not in running:
                 worker.post(Died(container_id, "container stopped while Docker events were down"))
 
-    # -- sessions -------------------------------------------------------------------------------
+    # -- the warm set ---------------------------------------------------------------------------
 
     def _capabilities_changed(self, change: Change) -> None:
         self.metrics.capabilities_warm.set(len(self.registry))
-
-    def _sessions_counted(self, worker_id: str, in_use: int) -> None:
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.set_sessions(in_use)
-
-    def _session_ended(self, session: Session) -> None:
-        self.metrics.sessions_ended.labels(
-            session.pipeline, session.model_id, str(session.end_reason)
-        ).inc()
 
     # -- reporting ------------------------------------------------------------------------------
 

@@ -144,10 +144,7 @@ class Deployment:
     def loads(self, only: Worker | None = None) -> list[ReplicaLoad]:
         """Routing's view of the replicas (or of one of them)."""
         chosen = [only] if only is not None else self.replicas()
-        return [
-            ReplicaLoad(w.worker_id, w.replica, w.routable, w.in_use, w.entry.capacity)
-            for w in chosen
-        ]
+        return [w.load for w in chosen]
 
     def capability(self) -> Capability | None:
         """The entry as advertised now, or None while no replica may take sessions."""

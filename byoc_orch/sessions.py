@@ -1,10 +1,10 @@
 """The session table: which worker runs which stream, since when, with which params.
 
-Pure bookkeeping, no I/O. A start reserves a slot before it is forwarded, so two concurrent
-starts can never both take a worker's last slot; the slot is released if the worker refuses.
-Every change to a worker's slots in use is reported through `on_count`, which keeps the
-advertised free capacity current. Ended sessions are kept (bounded) so their end reason can
-still be read.
+Pure bookkeeping, no I/O, no decisions: which worker may take a start is routing's choice
+(session_lifecycle.py makes it and the reservation in one step). A start reserves its slot
+before it is forwarded and releases it if the worker refuses. Every change to a worker's slots
+in use is reported through `on_count`, which keeps the advertised free capacity current; every
+end through `on_end`. Ended sessions are kept (bounded) so their end reason can still be read.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class Session:
     end_reason: EndReason | None = None
     end_detail: str | None = None
     request: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict, repr=False)
+    """What the party that opened it handed over to be known by and to act on it later (e.g.
+    Live Runner's session id, token and control URL). May hold secrets: never described."""
 
     def describe(self, *, with_urls: bool = True) -> dict[str, Any]:
         """`with_urls` False hides the stream's trickle URLs: whoever has them can watch or
@@ -76,7 +79,7 @@ class Session:
 
 
 class Refused(Exception):
-    """A start byoc-orch turns down itself; `reason` is a bounded label for metrics."""
+    """A start the table cannot record; `reason` is a bounded label ("duplicate")."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -84,7 +87,9 @@ class Refused(Exception):
 
 
 CountListener = Callable[[str, int], None]
-EndListener = Callable[[Session], None]
+EndListener = Callable[[Session, bool], None]
+"""Called with every ended session and whether the worker had accepted it (a start still in
+flight had not)."""
 
 
 class SessionTable:
@@ -137,26 +142,20 @@ class SessionTable:
         worker_id: str,
         pipeline: str,
         model_id: str,
-        capacity: int,
         now: float,
         params: Any = None,
         request: dict[str, Any] | None = None,
         entry_id: str = "",
+        identity: dict[str, str] | None = None,
     ) -> Session:
-        """Take a slot for a start about to be forwarded; raises Refused when there is none."""
+        """Take a slot on `worker_id` (routing chose it) for a start about to be forwarded;
+        raises Refused when the id is already live."""
         existing = self._live.get(session_id)
         if existing is not None:
             raise Refused(
                 "duplicate",
                 f"session {session_id!r} is already {existing.state} on {existing.worker_id}; "
                 "stop it first or use a new gateway_request_id",
-            )
-        used = self.in_use(worker_id)
-        if used >= capacity:
-            raise Refused(
-                "full",
-                f"{pipeline}/{model_id} is at capacity ({used}/{capacity} sessions on "
-                f"{worker_id}); try another orchestrator",
             )
         return self._add(
             Session(
@@ -168,6 +167,7 @@ class SessionTable:
                 entry_id=entry_id,
                 params=params,
                 request=request or {},
+                identity=identity or {},
             )
         )
 
@@ -246,8 +246,8 @@ class SessionTable:
         )
         self._ended.append(ended)
         self._count(session.worker_id)
-        if self._on_end is not None and session.state is SessionState.ACTIVE:
-            self._on_end(ended)
+        if self._on_end is not None:
+            self._on_end(ended, session.state is SessionState.ACTIVE)
         return ended
 
     def end_worker(

@@ -28,6 +28,7 @@ from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
 from byoc_orch.prober import HealthProber
 from byoc_orch.redact import display_url
+from byoc_orch.routing import ReplicaLoad
 from byoc_orch.worker_state import (
     Action,
     Discard,
@@ -169,6 +170,13 @@ class Worker:
     def in_use(self) -> int:
         """Slots taken: live sessions and pass-through requests in flight."""
         return self.sessions + self.requests
+
+    @property
+    def load(self) -> ReplicaLoad:
+        """Routing's view of this replica, as it is now."""
+        return ReplicaLoad(
+            self.worker_id, self.replica, self.routable, self.in_use, self.entry.capacity
+        )
 
     def set_sessions(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from byoc_orch import daemon as daemon_module
-from byoc_orch.proxy import UNKNOWN_SESSION_PREFIX
+from byoc_orch import session_lifecycle
+from byoc_orch.session_lifecycle import UNKNOWN_SESSION_PREFIX
 from tests.conftest import Harness, eventually
 from tests.test_daemon import only, running, worker_entry
 from tests.test_passthrough import byoc_orch
@@ -71,7 +71,7 @@ async def test_a_restart_finds_the_running_stream_and_keeps_the_slot_taken(
 async def test_a_stream_ended_on_the_worker_frees_its_slot(
     harness: Harness, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daemon_module, "IDLE_GRACE", 0.3)
+    monkeypatch.setattr(session_lifecycle, "IDLE_GRACE", 0.3)
     async with running(harness, instance, [worker_entry(harness, "ended")]) as daemon:
         worker = only(daemon)
         await warm(daemon, worker)
@@ -123,7 +123,7 @@ class _BusyWorker:
 async def test_a_worker_that_cannot_name_its_stream_is_held_busy_until_idle(
     harness: Harness, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daemon_module, "IDLE_GRACE", 0.3)
+    monkeypatch.setattr(session_lifecycle, "IDLE_GRACE", 0.3)
     busy = _BusyWorker()
     server = await asyncio.start_server(busy.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
