@@ -165,6 +165,13 @@ class FakeEventStream:
     async def aclose(self) -> None:
         self.closed = True
 
+    def received(self) -> list[EngineEvent]:
+        """Take every event waiting to be read, without waiting for more."""
+        taken = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
     def deliver(self, event: EngineEvent) -> None:
         if self.closed:
             return
