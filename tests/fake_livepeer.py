@@ -18,8 +18,9 @@ core/external_capabilities.go, server/ai_http.go, ai/runner/live_runner.go):
   the deadline for the answer's headers; the worker's status and body come back (a connection
   error or a 401 removes the capability and answers 500). Each forward is in `forwarded`.
 
-Every request is recorded with its monotonic time; `restart()` stops the server, forgets every
-capability and runner (as a go-livepeer restart does) and listens again on the same port.
+Every request is recorded with its time on `clock` (monotonic unless a test shares its own);
+`restart()` stops the server, forgets every capability and runner (as a go-livepeer restart
+does) and listens again on the same port.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -344,8 +346,11 @@ class FakeLivepeer:
         price_feed: bool = False,
         heartbeat_interval: float = 5.0,
         heartbeat_ttl: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.secret = secret
+        self.clock = clock
+        """What calls are stamped with and runners expire by; a test may share its own."""
         self.port = port or free_port()
         self.live_runners = live_runners
         self.onchain = onchain
@@ -437,7 +442,7 @@ class FakeLivepeer:
                     response = self._handle(method, path, headers.get("authorization", ""), body)
                 self.calls.append(
                     Call(
-                        time.monotonic(),
+                        self.clock(),
                         method,
                         path,
                         headers.get("authorization"),
@@ -567,7 +572,7 @@ class FakeLivepeer:
     # -------------------------------------------------------------- Live Runner
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for rid in [r for r, v in self._runners.items() if now - v["last"] > self.heartbeat_ttl]:
             del self._runners[rid]
 
@@ -598,7 +603,7 @@ class FakeLivepeer:
             if not secrets.compare_digest(auth, self.secret):
                 return _go_error("invalid registration authorization", 401)
             secret = secrets.token_hex(16)
-            self._runners[runner_id] = {**req, "secret": secret, "last": time.monotonic()}
+            self._runners[runner_id] = {**req, "secret": secret, "last": self.clock()}
             answer["heartbeat_secret"] = secret
             answer["o2r"] = {
                 "name": "o2r",
@@ -609,7 +614,7 @@ class FakeLivepeer:
         else:
             if not secrets.compare_digest(auth, runner["secret"]):
                 return _go_error("invalid heartbeat authorization", 401)
-            runner.update(req, last=time.monotonic())
+            runner.update(req, last=self.clock())
         answer["session_ids"] = []
         return _Response(200, json.dumps(answer).encode(), "application/json")
 
