@@ -26,7 +26,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from byoc_orch.container_spec import LABEL_SPEC_HASH, LABEL_WORKER, ContainerSpec, ownership_labels
@@ -549,17 +549,14 @@ class FakeEngine:
 
 
 def _listed(container: FakeContainer) -> ContainerInfo:
-    """As `docker ps -a` lists it: no exit code, and a port only while published."""
-    return ContainerInfo(
-        id=container.id,
-        name=container.name,
-        worker_id=container.worker_id,
-        spec_hash=container.labels.get(LABEL_SPEC_HASH, ""),
-        image=container.image,
-        image_id=container.image_id,
-        state=container.state,
-        labels=dict(container.labels),
+    """As `docker ps -a` lists it: no exit code or times, and a port only while published."""
+    return replace(
+        _inspected(container),
         host_port=container.host_port if container.running else None,
+        exit_code=None,
+        oom_killed=False,
+        started_at=None,
+        finished_at=None,
     )
 
 
