@@ -1,5 +1,6 @@
 """The daemon: reconcile at start-up, run one Deployment per entry (one Worker per replica),
-route Docker events to them.
+and compose the collaborators that route Docker events to them (engine_events) and sweep
+containers nothing tracks (dangling).
 
 Order at start-up matters: the Docker event stream is opened before containers are listed, so
 a container that dies between the two is still seen; adoption keeps warm containers running
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -27,15 +27,11 @@ from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem,
 from byoc_orch.auth import Guard
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
+from byoc_orch.dangling import DanglingSweeper
 from byoc_orch.deployment import Deployment, Specs, Timeouts
-from byoc_orch.engine import (
-    STREAM_LOST,
-    STREAM_RESTORED,
-    Engine,
-    EngineError,
-    EngineEvent,
-    EventStream,
-)
+from byoc_orch.engine import Engine, EngineError
+from byoc_orch.engine_events import EngineEvents, EngineReachability
+from byoc_orch.engine_port import ContainerEngine, EventSource
 from byoc_orch.forwarding import WorkerConnections
 from byoc_orch.gpu import (
     GpuCollector,
@@ -60,13 +56,11 @@ from byoc_orch.sessions import EndReason
 from byoc_orch.settings import Settings, reserved_ports
 from byoc_orch.worker import Worker
 from byoc_orch.worker_calls import WorkerCalls
-from byoc_orch.worker_state import Died, EngineBack, Launch, Policy, Status
+from byoc_orch.worker_state import Launch, Policy, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 T = TypeVar("T")
 
-DANGLING_GRACE = 5.0
-"""Seconds an untracked container of ours is left alone before it is removed as dangling."""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -115,13 +109,13 @@ class Daemon:
         settings: Settings,
         models: ModelsFile,
         *,
-        engine: Engine | None = None,
+        engine: ContainerEngine | None = None,
         gpu_reader: GpuReader | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.models = models
-        self.engine = engine or engine_for(settings)
+        self.engine: ContainerEngine = engine or engine_for(settings)
         self.registry = CapabilityRegistry()
         self.policy = policy_from(settings)
         self.deployments: dict[str, Deployment] = {}
@@ -130,12 +124,11 @@ class Daemon:
         self.ready = False
         self.notifier: Notifier | None = None
         """systemd's notify socket, when run as a service (set by the server)."""
-        self.engine_up: bool | None = None
-        """Whether Docker answers; None while byoc-orch has had no need of it."""
         self.started_at = clock()
         self.adopted: list[str] = []
         self._clock = clock
         self.metrics = Metrics()
+        self.reachability = EngineReachability(settings.docker_host, self.metrics)
         self._http = shared_client()
         self._workers_http = WorkerConnections()
         calls = WorkerCalls(
@@ -169,7 +162,7 @@ class Daemon:
             guard=self.guard,
         )
         self.registry.subscribe(self._capabilities_changed)
-        self._events: EventStream | None = None
+        self._events: EventSource | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._note_config_applied()
@@ -181,11 +174,23 @@ class Daemon:
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
         self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
-        self._untracked: dict[str, float] = {}
+        self._sweeper = DanglingSweeper(
+            self.engine.list_containers,
+            self.engine.remove,
+            tracked=lambda: (w.status.container_id for w in self.workers.values()),
+            creating=lambda: (w.worker_id for w in self.workers.values() if w.creating),
+            clock=clock,
+            enabled=lambda: self._events is not None,
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._timeouts = Timeouts(
             drain=settings.drain_timeout, stop=settings.stop_timeout + settings.docker_timeout
         )
+
+    @property
+    def engine_up(self) -> bool | None:
+        """Whether Docker answers; None while byoc-orch has had no need of it."""
+        return self.reachability.up
 
     @property
     def gpu_pool(self) -> GpuPool | None:
@@ -236,7 +241,9 @@ class Daemon:
         self.adopted = sorted(the_plan.adopt)
         for advertiser in self.advertisers:
             await advertiser.start()
-        self._spawn_background(self._sweep_forever(), "dangling-containers")
+        self._spawn_background(
+            self._sweeper.every(self.settings.reconcile_interval), "dangling-containers"
+        )
         self.ready = True
         replicas = sum(len(w.specs) for w in wanted.values() if w.entry.warm)
         log.info(
@@ -255,9 +262,16 @@ class Daemon:
             return
         info = await self.engine.connect()
         log.info("docker engine", version=info.server_version, host=self.settings.docker_host)
-        self._engine_reachable(True)
+        self.reachability.reached()
         self._events = self.engine.events()
-        self._dispatcher = asyncio.create_task(self._dispatch(self._events), name="docker-events")
+        router = EngineEvents(
+            self._events,
+            workers=lambda: self.workers.values(),
+            list_containers=self.engine.list_containers,
+            on_lost=self.reachability.stream_lost,
+            on_restored=self.reachability.stream_restored,
+        )
+        self._dispatcher = asyncio.create_task(router.run(), name="docker-events")
 
     async def _read_gpus(self) -> None:
         """The host's GPUs, once: NVML calls block, so they run in a thread."""
@@ -418,55 +432,12 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reconcile_interval)
-            await self.sweep()
-
-    async def _sweep_soon(self) -> None:
-        """After a reload: look now, and again once the grace has passed."""
-        await self.sweep()
-        await asyncio.sleep(DANGLING_GRACE)
-        await self.sweep()
-
     async def sweep(self) -> list[str]:
         """Remove this instance's containers that no worker tracks or is creating, once seen so
-        twice `DANGLING_GRACE` seconds apart (a container whose create just returned is not yet
-        taken in by its worker). Runs periodically and after every reload; returns the ids
-        removed. A daemon that never needed Docker (external entries only) does not ask it."""
-        if self._events is None:
-            return []
-        try:
-            containers = await self.engine.list_containers()
-        except EngineError as exc:
-            log.warning("could not list containers to find dangling ones", error=str(exc))
-            return []
-        tracked = {w.status.container_id for w in self.workers.values()}
-        creating = {w.worker_id for w in self.workers.values() if w.creating}
-        now = self._clock()
-        seen, self._untracked = self._untracked, {}
-        removed = []
-        for container in containers:
-            if container.id in tracked or container.worker_id in creating:
-                continue
-            first = seen.get(container.id, now)
-            if now - first < DANGLING_GRACE:
-                self._untracked[container.id] = first
-                continue
-            log.warning(
-                "removing a container of this instance that nothing tracks",
-                container_id=container.id[:12],
-                container=container.name,
-                worker_id=container.worker_id or None,
-            )
-            try:
-                await self.engine.remove(container.id)
-                removed.append(container.id)
-            except EngineError as exc:
-                log.warning(
-                    "could not remove container", container_id=container.id[:12], error=str(exc)
-                )
-        return removed
+        twice the sweeper's grace apart. Runs periodically and after every reload; returns the
+        ids removed. A daemon that never needed Docker (external entries only) does not ask
+        it."""
+        return await self._sweeper.sweep()
 
     # -- what entries ask of the daemon (deployment.Host); sessions are the lifecycle's ---------
 
@@ -536,7 +507,7 @@ class Daemon:
                         )
                     raise ReloadRejected(exc.problems) from None
             if dry_run:
-                return self._plan(models)
+                return self._plan(self._wanted(models))
             for warning in models.warnings:
                 log.warning("aiModels.json", warning=str(warning))
             self._warn_gpu_requests(models)
@@ -548,20 +519,20 @@ class Daemon:
                 raise
             self.metrics.config_reloads.labels("applied").inc()
             self._note_config_applied()
-            self._spawn_background(self._sweep_soon(), "sweep-after-reload")
+            self._spawn_background(self._sweeper.now_and_after_grace(), "sweep-after-reload")
             log.info("reloaded", **{k: len(v) for k, v in the_plan.summary().items()})
             return the_plan
 
-    def _plan(self, models: ModelsFile) -> ReloadPlan:
+    def _plan(self, wanted: dict[str, Wanted]) -> ReloadPlan:
         current = {
             entry_id: Wanted(d.entry, d.wanted_specs()).running
             for entry_id, d in self.deployments.items()
         }
-        return plan_reload(current, {k: w.running for k, w in self._wanted(models).items()})
+        return plan_reload(current, {k: w.running for k, w in wanted.items()})
 
     async def _apply(self, models: ModelsFile) -> ReloadPlan:
         wanted = self._wanted(models)
-        the_plan = self._plan(models)
+        the_plan = self._plan(wanted)
         if not the_plan.changed:
             self.models = models
             return the_plan
@@ -649,64 +620,6 @@ class Daemon:
         them; running sessions go on."""
         for worker in workers:
             worker.hold(draining)
-
-    # -- Docker events --------------------------------------------------------------------------
-
-    async def _dispatch(self, events: EventStream) -> None:
-        oom_killed: set[str] = set()
-        async for event in events:
-            if event.action == STREAM_LOST:
-                self.metrics.event_stream_reconnects.inc()
-                self._engine_reachable(False)
-            elif event.action == STREAM_RESTORED:
-                self._engine_reachable(True)
-                await self._resync()
-                for worker in list(self.workers.values()):
-                    worker.post(EngineBack())
-            elif event.action == "oom" and event.container_id:
-                oom_killed.add(event.container_id)
-            elif event.action == "die" and event.container_id:
-                self._container_died(event, event.container_id in oom_killed)
-                oom_killed.discard(event.container_id)
-
-    def _container_died(self, event: EngineEvent, oom: bool) -> None:
-        worker = self._by_container(event.container_id)
-        if worker is None:
-            return
-        reason = f"container exited with code {event.exit_code}"
-        if oom:
-            reason += " (killed: out of memory)"
-        worker.post(Died(str(event.container_id), reason))
-
-    def _by_container(self, container_id: str | None) -> Worker | None:
-        if not container_id:
-            return None
-        for worker in self.workers.values():
-            if worker.status.container_id == container_id:
-                return worker
-        return None
-
-    def _engine_reachable(self, reachable: bool) -> None:
-        if reachable != self.engine_up:
-            log.log(
-                logging.INFO if reachable else logging.ERROR,
-                "Docker engine reachable again" if reachable else "Docker engine unreachable",
-                host=self.settings.docker_host,
-            )
-        self.engine_up = reachable
-        self.metrics.engine_up.set(1 if reachable else 0)
-
-    async def _resync(self) -> None:
-        """After the event stream was down: anything that died meanwhile is a crash."""
-        try:
-            running = {c.id for c in await self.engine.list_containers() if c.running}
-        except EngineError as exc:
-            log.warning("could not re-list containers", error=str(exc))
-            return
-        for worker in list(self.workers.values()):
-            container_id = worker.status.container_id
-            if worker.entry.managed and container_id and container_id not in running:
-                worker.post(Died(container_id, "container stopped while Docker events were down"))
 
     # -- the warm set ---------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ import structlog
 
 from byoc_orch.aimodels import ModelEntry
 from byoc_orch.container_spec import ContainerSpec
-from byoc_orch.engine import Engine, EngineError, EngineUnavailable
+from byoc_orch.engine import EngineError, EngineUnavailable
+from byoc_orch.engine_port import ContainerEngine
 from byoc_orch.gpu import GpuInfo
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
@@ -60,7 +61,7 @@ class Worker:
         entry: ModelEntry,
         *,
         spec: ContainerSpec | None,
-        engine: Engine,
+        engine: ContainerEngine,
         policy: Policy,
         proxy_url: str,
         probe_timeout: float,

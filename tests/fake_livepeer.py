@@ -31,8 +31,9 @@ ai/runner/live_runner.go @176aa415):
 200 `{"ok":true}` on unregister and on the runner's stop, 403 "invalid session token", JSON
 `{"error": …}` bodies, a 30 s TTL, and `720p` prices refused.
 
-Every request is recorded with its monotonic time; `restart()` stops the server, forgets every
-capability and runner (as a go-livepeer restart does) and listens again on the same port.
+Every request is recorded with its time on `clock` (monotonic unless a test shares its own);
+`restart()` stops the server, forgets every capability and runner (as a go-livepeer restart
+does) and listens again on the same port.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import base64
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -144,7 +146,10 @@ class FakeLivepeer:
         health_timeout: float = 3.0,
         flavor: Flavor = "go-livepeer",
         live_runner_url: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
+        """What calls are stamped with and runners expire by; a test may share its own."""
         self.port = port or free_port()
         self.live_runners = live_runners
         self.onchain = onchain
@@ -164,6 +169,7 @@ class FakeLivepeer:
             onchain=onchain,
             heartbeat_interval=heartbeat_interval,
             heartbeat_ttl=heartbeat_ttl or (30.0 if flavor == "livepeer-node" else 20.0),
+            clock=clock,
         )
         self._server: asyncio.Server | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -350,7 +356,7 @@ class FakeLivepeer:
                     response = self._handle(method, path, headers, body)
                 self.calls.append(
                     Call(
-                        time.monotonic(),
+                        self.clock(),
                         method,
                         path,
                         headers.get("authorization"),

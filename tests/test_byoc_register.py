@@ -27,6 +27,7 @@ from byoc_orch.metrics import Metrics
 from byoc_orch.settings import Settings
 from tests.conftest import eventually, free_port, with_offer
 from tests.fake_livepeer import EXTERNAL_CAPABILITY, FakeLivepeer, go_decode
+from tests.manual_clock import ManualClock
 
 SECRET = "orch-secret-Zq81x"
 TOKEN = "api-token-Kd02w"
@@ -87,11 +88,14 @@ async def start() -> AsyncIterator[Start]:
     clients: list[httpx.AsyncClient] = []
 
     async def _start(
-        settings: Settings, registry: CapabilityRegistry, metrics: Metrics | None = None
+        settings: Settings,
+        registry: CapabilityRegistry,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> ByocRegisterAdvertiser:
         http = httpx.AsyncClient(trust_env=False)
         clients.append(http)
-        adv = ByocRegisterAdvertiser(settings, registry, http, metrics or Metrics())
+        adv = ByocRegisterAdvertiser(settings, registry, http, metrics or Metrics(), clock=clock)
         made.append(adv)
         await adv.start()
         return adv
@@ -114,6 +118,20 @@ async def probed_since(fake: FakeLivepeer, moment: float) -> None:
         within=5,
         what="a probe after the moment",
     )
+
+
+PASS_WITHOUT_CALLS = 3
+"""Clock reads that prove a pass made no call: one on entering it, one for the next sleep,
+one on entering the next."""
+PASS_WITH_ONE_CALL = 3
+"""Clock reads that prove a pass with one call is over: on entering it, on the answer, and for
+the next sleep."""
+
+
+async def settled(clock: ManualClock) -> None:
+    """Wait until the advertiser's pass in flight (if any) is over and its next is timed."""
+    clock.advance(0)
+    await clock.read(2)
 
 
 def calls_total(metrics: Metrics, call: str, result: str) -> float:
@@ -216,20 +234,26 @@ async def test_already_warm_capabilities_are_registered_at_start(
 async def test_withdrawn_is_unregistered_within_the_second_and_comes_back(
     fake: FakeLivepeer, start: Start
 ) -> None:
+    """Exactly: with the advertiser's clock standing still, so that no timer of its own (probe,
+    refresh, retry) can be what sends the calls; the change itself does, at once."""
+    clock = ManualClock()
+    fake.clock = lambda: clock.now
     registry = CapabilityRegistry()
-    await start(settings_for(fake.url), registry)
+    await start(settings_for(fake.url), registry, clock=clock)
     registry.set_warm(capability())
     await eventually(lambda: fake.registered == {"m1"}, what="registered")
-    withdrawn_at = time.monotonic()
+    withdrawn_at = clock.now
     registry.withdraw("w1")
-    await eventually(lambda: not fake.registered, within=1.0, what="unregistered")
+    await eventually(lambda: not fake.registered, what="unregistered")
     (unregister,) = fake.calls_to("/capability/unregister")
     assert unregister.body == b"m1"
     assert unregister.authorization == SECRET
     assert unregister.at - withdrawn_at < 1.0
+    assert unregister.at == withdrawn_at
     registry.set_warm(capability())
-    await eventually(lambda: fake.registered == {"m1"}, within=1.0, what="registered again")
+    await eventually(lambda: fake.registered == {"m1"}, what="registered again")
     assert len(registers(fake)) == 2
+    assert fake.calls_to("/capability/register")[-1].at == withdrawn_at
 
 
 async def test_capacity_follows_warm_capacity_net_of_sessions_in_use(
@@ -362,23 +386,40 @@ async def test_retries_back_off_while_down(fake: FakeLivepeer, start: Start) -> 
 async def test_bad_secret_is_reported_once_and_retried_slowly(
     fake: FakeLivepeer, start: Start
 ) -> None:
+    """Exactly, on a clock moved by hand: one single call each time `register_retry_max` has
+    passed, for the two capabilities together, and none in between."""
+    clock = ManualClock()
     registry = CapabilityRegistry()
     wrong = "wrong-secret-Jr5m"
     settings = settings_for(fake.url, secret=wrong, register_retry_max=0.25)
+
+    def attempts() -> int:
+        return len(fake.calls_to("/capability/register"))
+
     with structlog.testing.capture_logs() as logs:
-        adv = await start(settings, registry)
+        adv = await start(settings, registry, clock=clock)
         registry.set_warm(capability("w1", "m1"))
         registry.set_warm(capability("w2", "m2"))
         await eventually(lambda: adv.describe()["state"] == "refused", what="refused")
-        window_start = time.monotonic()
-        await asyncio.sleep(1.0)
-    attempts = [c for c in fake.calls_to("/capability/register") if c.at >= window_start]
-    assert 1 <= len(attempts) <= 1.0 / 0.25 + 1
+        await settled(clock)
+        refused_with = attempts()
+        for _ in range(4):  # one second of the advertiser's time
+            before = attempts()
+            clock.advance(0.1875)
+            await clock.read(PASS_WITHOUT_CALLS)
+            assert attempts() == before, "retried before register_retry_max had passed"
+            clock.advance(0.0625)
+            await clock.read(PASS_WITH_ONE_CALL)
+            assert attempts() == before + 1
+    window = attempts() - refused_with
+    assert 1 <= window <= 1.0 / 0.25 + 1
+    assert window == 4
     assert all(c.status == 400 for c in fake.calls_to("/capability/register"))
     errors = [e for e in logs if e["log_level"] == "error"]
     assert [e["event"] for e in errors] == [REFUSED_MESSAGE]
     assert wrong not in repr(logs) and wrong not in json.dumps(adv.describe(), default=str)
     fake.secret = wrong
+    clock.advance(0.25)
     await eventually(lambda: fake.registered == {"m1", "m2"}, within=2, what="accepted once fixed")
     assert adv.describe()["state"] == "up"
 

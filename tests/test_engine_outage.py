@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -22,6 +23,8 @@ from tests.test_daemon import only, settings_for, worker_entry
 from tests.unix_proxy import UnixProxy
 
 pytestmark = pytest.mark.engine
+
+DOCKER_THREADS = 4
 
 
 async def test_workers_waiting_for_docker_start_as_soon_as_it_is_back(
@@ -78,6 +81,11 @@ async def test_workers_waiting_for_docker_start_as_soon_as_it_is_back(
 async def test_a_stalled_docker_api_delays_neither_metrics_nor_a_reload(
     harness: Harness, instance: str, tmp_path: Path
 ) -> None:
+    # Docker calls run on the loop's default executor: of a known size here, so that the test
+    # can tell when every one of its threads is tied up.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=DOCKER_THREADS, thread_name_prefix="docker-calls")
+    )
     proxy = UnixProxy(tmp_path / "docker.sock", harness.docker_host.removeprefix("unix://"))
     await proxy.start()
     path = tmp_path / "aiModels.json"
@@ -94,18 +102,25 @@ async def test_a_stalled_docker_api_delays_neither_metrics_nor_a_reload(
             worker = only(daemon)
             await eventually(lambda: worker.status.state is State.WARM, what="warm")
             proxy.stalled = True
-            # Tie up Docker calls: sweeps and inspections that will hang for docker_timeout.
+            # Tie up Docker calls: sweeps that would hang for docker_timeout, more of them than
+            # there are threads for Docker calls.
             hanging = [asyncio.create_task(daemon.sweep()) for _ in range(12)]
-            await asyncio.sleep(0.5)
+            await eventually(
+                lambda: proxy.held == DOCKER_THREADS,
+                within=10,
+                what=lambda: f"every Docker thread blocked; {proxy.held} calls held",
+            )
             started = time.monotonic()
             assert (await api.get("/metrics")).status_code == 200
             assert time.monotonic() - started < 2
+            assert proxy.held == DOCKER_THREADS, "Docker's threads were freed before it answered"
             path.write_text(json.dumps([{**entry, "capacity": 2}]))
             started = time.monotonic()
             reloaded = await api.post("/reload")
             assert reloaded.status_code == 200, reloaded.text
             assert reloaded.json()["updated"] == [worker.entry_id]
             assert time.monotonic() - started < 2
+            assert proxy.held == DOCKER_THREADS
             for task in hanging:
                 task.cancel()
     finally:

@@ -3,11 +3,10 @@ go-livepeer over real loopback HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
@@ -24,6 +23,7 @@ from byoc_orch.metrics import Metrics
 from byoc_orch.worker_state import State
 from tests.conftest import eventually
 from tests.fake_livepeer import FakeLivepeer
+from tests.manual_clock import ManualClock
 from tests.test_byoc_register import PUBLIC, SECRET, TOKEN, capability, settings_for
 
 # --------------------------------------------------------------------------- readiness route
@@ -144,11 +144,12 @@ async def start_heartbeats(
     made: list[LiveRunnerHeartbeatAdvertiser],
     orch_url: str,
     registry: CapabilityRegistry,
+    clock: Callable[[], float] = time.monotonic,
     **overrides: Any,
 ) -> LiveRunnerHeartbeatAdvertiser:
     settings = settings_for(orch_url, live_runner_heartbeat=True, **overrides)
     adv = LiveRunnerHeartbeatAdvertiser(
-        settings, registry, httpx.AsyncClient(trust_env=False), Metrics()
+        settings, registry, httpx.AsyncClient(trust_env=False), Metrics(), clock=clock
     )
     made.append(adv)
     await adv.start()
@@ -185,18 +186,24 @@ async def test_warm_worker_becomes_a_heartbeating_runner(
 async def test_withdrawn_worker_is_unregistered_at_once(
     fake: FakeLivepeer, advertisers: list[LiveRunnerHeartbeatAdvertiser]
 ) -> None:
+    """At once, exactly: the advertiser's clock stands still, so no heartbeat falls due and
+    only the change itself can send the calls."""
+    clock = ManualClock()
+    fake.clock = lambda: clock.now
     registry = CapabilityRegistry()
-    await start_heartbeats(advertisers, fake.url, registry)
+    await start_heartbeats(advertisers, fake.url, registry, clock)
     registry.set_warm(capability())
     await eventually(lambda: len(fake.runners) == 1, what="registered")
     (runner_id,) = fake.runners
-    withdrawn_at = time.monotonic()
+    withdrawn_at = clock.now
     registry.withdraw("w1")
-    await eventually(lambda: not fake.runners, within=1.0, what="unregistered")
+    await eventually(lambda: not fake.runners, what="unregistered")
     (call,) = fake.calls_to(f"/runners/{runner_id}/unregister")
     assert call.status == 204 and call.at - withdrawn_at < 1.0
+    assert call.at == withdrawn_at
     registry.set_warm(capability())
-    await eventually(lambda: len(fake.runners) == 1, within=1.0, what="back")
+    await eventually(lambda: len(fake.runners) == 1, what="back")
+    assert heartbeats(fake)[-1].at == withdrawn_at
 
 
 async def test_go_livepeer_restart_is_healed_by_the_next_heartbeat(
@@ -220,30 +227,38 @@ async def test_go_livepeer_restart_is_healed_by_the_next_heartbeat(
 async def test_capacity_changes_ride_the_next_heartbeat(
     fake: FakeLivepeer, advertisers: list[LiveRunnerHeartbeatAdvertiser]
 ) -> None:
+    """The next heartbeat is sent at once for a change: with the clock standing still, no
+    periodic one is due, yet the capacity arrives."""
+    clock = ManualClock()
     registry = CapabilityRegistry()
-    await start_heartbeats(advertisers, fake.url, registry)
+    await start_heartbeats(advertisers, fake.url, registry, clock)
     registry.set_warm(capability(capacity=2))
     await eventually(lambda: len(fake.runners) == 1, what="registered")
     (runner_id,) = fake.runners
+    sent = len(heartbeats(fake))
     registry.set_warm(capability(capacity=5))
-    await eventually(lambda: fake.runners[runner_id]["capacity"] == 5, within=1, what="capacity")
+    await eventually(lambda: fake.runners[runner_id]["capacity"] == 5, what="capacity")
+    assert len(heartbeats(fake)) == sent + 1
 
 
 async def test_refused_secret_and_disabled_runners_are_reported_and_not_hammered(
     advertisers: list[LiveRunnerHeartbeatAdvertiser],
 ) -> None:
+    """Exactly, on clocks moved by hand: one single heartbeat each time `register_retry_max`
+    has passed, for the two replicas together, and none in between."""
     wrong = FakeLivepeer("the-right-one", heartbeat_interval=0.2)
     disabled = FakeLivepeer(SECRET, live_runners=False)
+    clocks = [ManualClock(), ManualClock()]
     await wrong.start()
     await disabled.start()
     try:
         with structlog.testing.capture_logs() as logs:
             registry = CapabilityRegistry()
             refused = await start_heartbeats(
-                advertisers, wrong.url, registry, register_retry_max=0.25
+                advertisers, wrong.url, registry, clocks[0], register_retry_max=0.25
             )
             off = await start_heartbeats(
-                advertisers, disabled.url, registry, register_retry_max=0.25
+                advertisers, disabled.url, registry, clocks[1], register_retry_max=0.25
             )
             registry.set_warm(capability("w1", "m1"))
             registry.set_warm(capability("w2", "m2"))
@@ -251,21 +266,40 @@ async def test_refused_secret_and_disabled_runners_are_reported_and_not_hammered
                 lambda: refused.describe()["state"] == off.describe()["state"] == "refused",
                 what="both refused",
             )
-            began = time.monotonic()
-            await asyncio.sleep(1.0)
-        for orch in (wrong, disabled):
-            window = [c for c in heartbeats(orch) if c.at >= began]
+            await moved(clocks, 0, reads=2)  # the refusing passes are over
+            began = [len(heartbeats(orch)) for orch in (wrong, disabled)]
+            for _ in range(4):  # one second of each advertiser's time
+                before = [len(heartbeats(orch)) for orch in (wrong, disabled)]
+                await moved(clocks, 0.1875, reads=3)  # a pass, its next sleep, the next pass
+                assert [len(heartbeats(orch)) for orch in (wrong, disabled)] == before
+                # a pass, the answer (read twice: the heartbeat and its outcome), the next sleep
+                await moved(clocks, 0.0625, reads=4)
+                assert [len(heartbeats(orch)) for orch in (wrong, disabled)] == [
+                    n + 1 for n in before
+                ]
+        for orch, first in zip((wrong, disabled), began, strict=True):
+            window = heartbeats(orch)[first:]
             assert 1 <= len(window) <= 1.0 / 0.25 + 1
+            assert len(window) == 4
         errors = [e["event"] for e in logs if e["log_level"] == "error"]
         assert len(errors) == 2
         assert any("401" in e and "BYOC_ORCH_ORCH_SECRET" in e for e in errors)
         assert any("-useLiveRunners" in e for e in errors)
         assert SECRET not in repr(logs)
         wrong.secret = SECRET
+        clocks[0].advance(0.25)
         await eventually(lambda: len(wrong.runners) == 2, within=2, what="accepted once fixed")
     finally:
         await wrong.stop()
         await disabled.stop()
+
+
+async def moved(clocks: list[ManualClock], seconds: float, *, reads: int) -> None:
+    """Move every clock, then wait until each has been read `reads` times since."""
+    for clock in clocks:
+        clock.advance(seconds)
+    for clock in clocks:
+        await clock.read(reads)
 
 
 async def test_on_chain_without_usd_price_is_rejected_once(

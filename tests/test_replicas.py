@@ -17,6 +17,7 @@ import pytest
 
 from byoc_orch.aimodels import ModelsFile, parse_models
 from byoc_orch.api import create_app
+from byoc_orch.capabilities import Change
 from byoc_orch.daemon import Daemon
 from byoc_orch.settings import Settings
 from byoc_orch.worker import Worker
@@ -323,20 +324,20 @@ async def test_an_image_change_rolls_one_replica_at_a_time_and_stays_listed(
     try:
         async with running(settings, [entry]) as daemon, api(daemon) as client:
             old = {w.worker_id: w.status.container_id for w in await all_warm(daemon, "rolled", 3)}
-            listed_polls: list[bool] = []
+            # Every change of the warm set during the rollout, as it happens.
+            listed: list[bool] = []
             warm_counts: list[int] = []
-            stop = asyncio.Event()
+            serving: list[int] = []
 
-            async def watch() -> None:
-                while not stop.is_set():
-                    listing = (await client.get("/capabilities")).json()
-                    listed_polls.append(capability_of(listing, "rolled") is not None)
-                    warm_counts.append(
-                        sum(w.status.state is State.WARM for w in replicas_of(daemon, "rolled"))
-                    )
-                    await asyncio.sleep(0.05)
+            def seen(change: Change) -> None:
+                rolled = [c for c in daemon.registry.warm() if c.model_id == "rolled"]
+                listed.append(bool(rolled))
+                serving.append(len(rolled[0].replicas) if rolled else 0)
+                warm_counts.append(
+                    sum(w.status.state is State.WARM for w in replicas_of(daemon, "rolled"))
+                )
 
-            watcher = asyncio.create_task(watch())
+            unsubscribe = daemon.registry.subscribe(seen)
             path.write_text(json.dumps([{**entry, "container": v2}]))
             plan = await daemon.reload()
             assert plan.replace == (next(iter(daemon.deployments)),)
@@ -346,16 +347,17 @@ async def test_an_image_change_rolls_one_replica_at_a_time_and_stays_listed(
                 within=60,
                 what="rollout done",
             )
-            stop.set()
-            await watcher
+            unsubscribe()
             new = {w.worker_id: w.status.container_id for w in replicas_of(daemon, "rolled")}
             assert set(new) == set(old)
             assert all(new[k] != old[k] for k in old)
             assert {
                 docker_client.containers.get(c or "").attrs["Config"]["Image"] for c in new.values()
             } == {v2}
-            assert listed_polls and all(listed_polls), "capability left /capabilities"
+            assert listed and all(listed), "capability left /capabilities"
+            assert capability_of((await client.get("/capabilities")).json(), "rolled")
             assert min(warm_counts) >= 2, "more than one replica was down at a time"
+            assert min(serving) == 2, "more than one replica was out of service at a time"
     finally:
         await asyncio.to_thread(docker_client.images.remove, v2)
 

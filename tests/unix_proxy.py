@@ -18,9 +18,25 @@ class UnixProxy:
         self._upstream = upstream
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self.stalled = False
-        """While set, connections are accepted and requests read, but nothing is forwarded:
-        a Docker API that hangs."""
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.held = 0
+        """Requests waiting in the stalled proxy now: one per blocked Docker call, since a
+        connection carries one request at a time."""
+
+    @property
+    def stalled(self) -> bool:
+        """While set, connections are accepted and requests read, but none is forwarded, on
+        new connections or kept-alive ones: a Docker API that hangs. Cleared, the requests held
+        go on."""
+        return not self._flowing.is_set()
+
+    @stalled.setter
+    def stalled(self, stalled: bool) -> None:
+        if stalled:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     @property
     def docker_host(self) -> str:
@@ -42,23 +58,26 @@ class UnixProxy:
         self.listen.unlink(missing_ok=True)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.stalled:
-            self._writers.add(client_w)
-            with contextlib.suppress(Exception):
-                while await client_r.read(65536):
-                    pass
-            return
         upstream_r, upstream_w = await asyncio.open_unix_connection(self._upstream)
         self._writers.update((client_w, upstream_w))
         await asyncio.gather(
-            self._pipe(client_r, upstream_w),
+            self._pipe(client_r, upstream_w, holding=True),
             self._pipe(upstream_r, client_w),
             return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, holding: bool = False
+    ) -> None:
+        """Copy bytes; `holding`: the requests' direction, held while stalled."""
         try:
             while data := await reader.read(65536):
+                if holding and self.stalled:
+                    self.held += 1
+                    try:
+                        await self._flowing.wait()
+                    finally:
+                        self.held -= 1
                 writer.write(data)
                 await writer.drain()
         finally:

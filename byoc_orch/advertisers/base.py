@@ -73,8 +73,13 @@ class Advertiser(abc.ABC):
         registry: CapabilityRegistry,
         http: httpx.AsyncClient,
         metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` is what every retry, probe, refresh and heartbeat is timed by (monotonic
+        seconds); tests move it by hand."""
         self.settings = settings
+        self._clock = clock
         self.registry = registry
         self.metrics = metrics
         self._shared_http = http

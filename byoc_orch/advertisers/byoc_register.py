@@ -66,7 +66,6 @@ describe() or an error text.
 from __future__ import annotations
 
 import json
-import time
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -154,7 +153,7 @@ class ByocRegisterAdvertiser(Advertiser):
         self._conflicts: dict[str, str] = {}
         self._force_all = False
         self._refresh_idle = False
-        now = time.monotonic()
+        now = self._clock()
         self._next_refresh = now + self._refresh_interval
         self._next_probe = now + self._probe_interval
 
@@ -164,7 +163,7 @@ class ByocRegisterAdvertiser(Advertiser):
         return sorted(self._registered)
 
     def describe(self) -> dict[str, Any]:
-        retry_in = self._retry_at - time.monotonic() if self._state is not OrchState.UP else None
+        retry_in = self._retry_at - self._clock() if self._state is not OrchState.UP else None
         return {
             **super().describe(),
             "orch_url": self.orch_url,
@@ -198,13 +197,13 @@ class ByocRegisterAdvertiser(Advertiser):
     # ------------------------------------------------------------------ the loop
 
     def _delay(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         if self._state is not OrchState.UP:
             return max(self._retry_at - now, 0.0)
         return max(min(self._next_probe, self._next_refresh) - now, 0.0)
 
     async def _pass(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._state is not OrchState.UP and now < self._retry_at:
             return
         if self._state is OrchState.UP and now >= self._next_refresh:
@@ -286,7 +285,7 @@ class ByocRegisterAdvertiser(Advertiser):
 
     def _after(self, reply: Reply) -> bool:
         """Track go-livepeer's state from a reply; False means stop this pass."""
-        now = time.monotonic()
+        now = self._clock()
         if reply.result in (Result.OK, Result.REJECTED):
             self._next_probe = now + self._probe_interval
             if self._state is not OrchState.UP:

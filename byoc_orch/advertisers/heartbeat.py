@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -170,7 +169,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
         self._wake.set()
 
     def _delay(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         if self._state is not OrchState.UP:
             return max(self._retry_at - now, 0.0)
         if self._leaving:
@@ -183,7 +182,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
         return max(min(dues, default=now + 3600) - now, 0.0)
 
     async def _pass(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._state is not OrchState.UP and now < self._retry_at:
             return
         called = False
@@ -192,7 +191,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
                 return
             called = True
             reply = await self._unregister(runner)
-            expired = time.monotonic() - runner.last_ok > runner.ttl
+            expired = self._clock() - runner.last_ok > runner.ttl
             if reply.result is not Result.UNAVAILABLE or expired:
                 self._leaving.pop(worker_id, None)
             if not self._after(reply):
@@ -227,7 +226,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             self._retry_at = now + self._retry_max
 
     def _after(self, reply: Reply) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         if reply.result in (Result.OK, Result.REJECTED):
             if self._state is not OrchState.UP:
                 self.log.info("go-livepeer answers live runner heartbeats again")
@@ -255,7 +254,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             subject=capability.name,
             classify=lambda status, text: self._classify(status, text, bootstrap),
         )
-        now = time.monotonic()
+        now = self._clock()
         if reply.result is Result.OK:
             try:
                 answer = json.loads(reply.text)
