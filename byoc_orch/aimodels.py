@@ -52,6 +52,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from byoc_orch.image_ref import ImageRef, ImageRefError, parse_image_ref
 from byoc_orch.offer import Offer, json_number
+from byoc_orch.redact import MASK, display_url
 
 if TYPE_CHECKING:
     from byoc_orch.gpu import GpuInfo
@@ -188,6 +189,10 @@ _REPLICAS_FIX = f'use a count from 1 to {MAX_REPLICAS}, or "per-gpu" for one rep
 _HOST_ACCESS_FIX = (
     'set "allow_host_access": true on this entry if you trust the image with the host, or remove it'
 )
+
+
+redact_url = partial(display_url, mask=MASK)
+"""`display_url` as validate and aiModels.json problems show a url: ``***@`` for credentials."""
 
 
 # --------------------------------------------------------------------------- problems
@@ -338,18 +343,6 @@ def _bad_characters(value: object) -> Iterator[_Issue]:
                     yield _Issue((*loc, key), f"the key {found[0]}", found[1])
         elif isinstance(item, list | tuple):
             stack.extend(((*loc, index), child) for index, child in reversed(list(enumerate(item))))
-
-
-def redact_url(url: str) -> str:
-    """``url`` for showing: any ``user:password@`` before the host becomes ``***@``."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at == -1:
-        return url
-    return f"{scheme}://***@{rest[at + 1 :]}"
 
 
 def _rational(value: object) -> Fraction:
