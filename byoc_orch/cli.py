@@ -228,8 +228,8 @@ def _load_placed(settings: Settings) -> ModelsFile:
     """aiModels.json checked and its replicas placed on this host's GPU pool (BYOC_ORCH_GPUS,
     else what NVML lists; none without a driver). Raises ModelsFileError."""
     from byoc_orch.aimodels import load_models
+    from byoc_orch.aimodels.placement import pool_from
     from byoc_orch.gpu import GpuUnavailableError
-    from byoc_orch.placement import pool_from
 
     reader = _inventory_reader(settings)
     try:
@@ -249,7 +249,7 @@ def _load_placed(settings: Settings) -> ModelsFile:
 async def _run(settings: Settings) -> int:
     """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
     from byoc_orch.aimodels import ModelsFileError
-    from byoc_orch.placement import GpuPoolError
+    from byoc_orch.aimodels.placement import GpuPoolError
     from byoc_orch.server import serve
     from byoc_orch.validate_cmd import print_problems
 
@@ -270,7 +270,7 @@ def _export(settings: Settings, what: str, *, include_token: bool) -> int:
     """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
     from byoc_orch import exports
     from byoc_orch.aimodels import ModelsFileError
-    from byoc_orch.placement import GpuPoolError
+    from byoc_orch.aimodels.placement import GpuPoolError
     from byoc_orch.validate_cmd import print_problems
 
     if what == "live-runners":

@@ -24,6 +24,8 @@ import structlog
 from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
+from byoc_orch.aimodels.devices import gpu_request_warnings, gpus_given
+from byoc_orch.aimodels.placement import GpuPool, pool_from
 from byoc_orch.auth import Guard
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
@@ -37,17 +39,9 @@ from byoc_orch.engine import (
     EventStream,
 )
 from byoc_orch.forwarding import WorkerConnections
-from byoc_orch.gpu import (
-    GpuCollector,
-    GpuInfo,
-    GpuReader,
-    GpuUnavailableError,
-    gpu_request_warnings,
-    gpus_given,
-)
+from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader, GpuUnavailableError
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
-from byoc_orch.placement import GpuPool, pool_from
 from byoc_orch.proxy import SessionProxy, Target
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
 from byoc_orch.routes import proxy_url

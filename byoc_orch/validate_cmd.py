@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Protocol, TextIO
 
 from byoc_orch.aimodels import (
@@ -23,27 +22,22 @@ from byoc_orch.aimodels import (
     ModelsFileError,
     UnreadableModelsFileError,
     load_models,
-    redact_url,
 )
+from byoc_orch.aimodels.devices import gpu_request_warnings, names_gpus
+from byoc_orch.aimodels.placement import GpuPoolError, ReplicaSlot, pool_from
+from byoc_orch.aimodels.ports import NO_PORTS
+from byoc_orch.aimodels.wording import show_bytes
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK
-from byoc_orch.gpu import (
-    GpuInfo,
-    GpuUnavailableError,
-    gpu_request_warnings,
-    names_gpus,
-    read_inventory,
-)
-from byoc_orch.placement import GpuPoolError, ReplicaSlot, pool_from
+from byoc_orch.gpu import GpuInfo, GpuUnavailableError, read_inventory
+from byoc_orch.redact import MASK, display_url
 
 __all__ = ["describe_entry", "print_problems", "run_validate"]
-
-_NO_PORTS: Mapping[int, str] = MappingProxyType({})
 
 
 def run_validate(
     path: Path,
     *,
-    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    reserved_ports: Mapping[int, str] = NO_PORTS,
     gpu_inventory: Callable[[], Sequence[GpuInfo]] | None = read_inventory,
     gpu_pool_setting: tuple[str, ...] | None = None,
     engine_socket: str | None = None,
@@ -191,11 +185,11 @@ def describe_entry(index: int, entry: ModelEntry, slots: Sequence[ReplicaSlot] =
     temperature = "warm" if entry.warm else "cold"
     head = f"entry {index} {entry.capability}"
     if not entry.managed:
-        url = redact_url(entry.url) if entry.url is not None else None
+        url = display_url(entry.url, mask=MASK) if entry.url is not None else None
         return f"{head}: external, {temperature}, url={url}"
     head = f"{head}: managed, {temperature}, image={entry.image}"
-    if entry.url is not None and redact_url(entry.url) != entry.url:
-        head = f"{head}, url={redact_url(entry.url)}"
+    if entry.url is not None and display_url(entry.url, mask=MASK) != entry.url:
+        head = f"{head}, url={display_url(entry.url, mask=MASK)}"
     limits = _limits(entry)
     if entry.replicated:
         replicas = ", ".join(
@@ -212,19 +206,12 @@ def _limits(entry: ModelEntry) -> str:
     """The container limits an entry sets, as ", memory=8 GiB, cpus=2, cap_add=[NET_RAW]"."""
     parts = []
     if entry.memory is not None:
-        parts.append(f"memory={_bytes(entry.memory)}")
+        parts.append(f"memory={show_bytes(entry.memory)}")
     if entry.cpus is not None:
         parts.append(f"cpus={entry.cpus:g}")
     if entry.cap_add:
         parts.append(f"cap_add=[{','.join(entry.cap_add)}]")
     return "".join(f", {part}" for part in parts)
-
-
-def _bytes(size: int) -> str:
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= unit:
-            return f"{size / unit:.4g} {name}"
-    return f"{size} bytes"
 
 
 def _shown(request: GpuRequest | None) -> str:
