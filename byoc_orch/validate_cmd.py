@@ -21,14 +21,14 @@ from byoc_orch.aimodels import (
     ModelsFile,
     ModelsFileError,
     UnreadableModelsFileError,
-    load_models,
 )
 from byoc_orch.aimodels.devices import gpu_request_warnings, names_gpus
-from byoc_orch.aimodels.placement import GpuPoolError, ReplicaSlot, pool_from
+from byoc_orch.aimodels.host import HostGpus, ModelsLoader
+from byoc_orch.aimodels.placement import GpuPoolError, ReplicaSlot
 from byoc_orch.aimodels.ports import NO_PORTS
 from byoc_orch.aimodels.wording import show_bytes
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK
-from byoc_orch.gpu import GpuInfo, GpuUnavailableError, read_inventory
+from byoc_orch.gpu import GpuInfo, read_inventory
 from byoc_orch.redact import MASK, display_url
 
 __all__ = ["describe_entry", "print_problems", "run_validate"]
@@ -54,8 +54,14 @@ def run_validate(
     to_out = _Printable(out or sys.stdout)
     to_err = _Printable(err or sys.stderr)
     host = _HostGpus(gpu_inventory)
+    loader = ModelsLoader(
+        path,
+        reserved_ports=reserved_ports,
+        pool_setting=gpu_pool_setting,
+        engine_socket=engine_socket,
+    )
     try:
-        models = _load(path, reserved_ports, host, gpu_pool_setting, engine_socket)
+        models = _load(loader, host)
     except GpuPoolError as exc:
         print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing would start", to_err)
         return EXIT_INVALID
@@ -101,36 +107,24 @@ class _Printable:
 
 
 class _HostGpus:
-    """NVML's inventory, read at most once and only when asked for; empty without NVML."""
+    """NVML's inventory, read at most once and only when asked for."""
 
     def __init__(self, reader: Callable[[], Sequence[GpuInfo]] | None) -> None:
         self.reader = reader
-        self.failure: str | None = None
-        self._inventory: list[GpuInfo] | None = None
+        self._read: HostGpus | None = None
 
-    def inventory(self) -> list[GpuInfo]:
-        if self._inventory is None:
-            self._inventory = []
-            if self.reader is not None:
-                try:
-                    self._inventory = list(self.reader())
-                except GpuUnavailableError as exc:
-                    self.failure = str(exc)
-        return self._inventory
+    def read(self) -> HostGpus:
+        if self._read is None:
+            self._read = HostGpus.read(self.reader)
+        return self._read
 
 
-def _load(
-    path: Path,
-    reserved_ports: Mapping[int, str],
-    host: _HostGpus,
-    configured: tuple[str, ...] | None,
-    engine_socket: str | None,
-) -> ModelsFile:
+def _load(loader: ModelsLoader, host: _HostGpus) -> ModelsFile:
     """The file as the daemon would load it. NVML is asked only to check BYOC_ORCH_GPUS, or
     when the file is not valid without it or names GPUs or replicas."""
-    if configured is None and host.reader is not None:
+    if loader.pool_setting is None and host.reader is not None:
         try:
-            models = load_models(path, reserved_ports=reserved_ports, engine_socket=engine_socket)
+            models = loader.load()
         except UnreadableModelsFileError:
             raise
         except ModelsFileError:
@@ -138,15 +132,7 @@ def _load(
         else:
             if not any(_needs_host_gpus(entry) for entry in models.entries):
                 return models
-    inventory = host.inventory()
-    return load_models(
-        path,
-        reserved_ports=reserved_ports,
-        gpu_pool=pool_from(configured, inventory),
-        pool_configured=configured is not None,
-        gpu_inventory=inventory,
-        engine_socket=engine_socket,
-    )
+    return loader.with_gpus(host.read()).load()
 
 
 def _needs_host_gpus(entry: ModelEntry) -> bool:
@@ -168,14 +154,14 @@ def print_problems(exc: ModelsFileError, verdict: str | None, err: _Writer | Non
 def _gpu_lines(models: ModelsFile, host: _HostGpus) -> list[str]:
     if host.reader is None or not any(names_gpus(entry) for entry in models.entries):
         return []
-    inventory = host.inventory()
-    if host.failure is not None:
+    gpus = host.read()
+    if gpus.failure is not None:
         return [
             f"note: gpus: device ids and counts were not checked against this host's GPUs "
-            f"({host.failure}; no NVIDIA driver here?) — run validate on the GPU host to check "
+            f"({gpus.failure}; no NVIDIA driver here?) — run validate on the GPU host to check "
             "them"
         ]
-    warnings = gpu_request_warnings(models.entries, inventory, models.source)
+    warnings = gpu_request_warnings(models.entries, gpus.inventory, models.source)
     return [f"warning: {problem}" for problem in warnings]
 
 

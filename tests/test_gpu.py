@@ -306,14 +306,16 @@ async def test_the_daemon_serves_gpu_gauges_inventory_and_assignments() -> None:
     import httpx
 
     from byoc_orch.aimodels import parse_models
+    from byoc_orch.aimodels.host import HostGpus, ModelsLoader
     from byoc_orch.api import create_app
     from byoc_orch.daemon import Daemon
     from byoc_orch.settings import Settings
 
     external = '[{"pipeline": "p", "model_id": "ext", "url": "http://127.0.0.1:9"}]'
-    daemon = Daemon(
-        Settings(), parse_models(external, source="t"), gpu_reader=GpuReader(two_gpus())
-    )
+    reader = GpuReader(two_gpus())
+    settings = Settings()
+    loader = ModelsLoader.from_settings(settings, HostGpus.read(reader.inventory))
+    daemon = Daemon(settings, parse_models(external, source="t"), gpu_reader=reader, loader=loader)
     await daemon.start()
     try:
         transport = httpx.ASGITransport(app=create_app(daemon))

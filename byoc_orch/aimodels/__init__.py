@@ -11,7 +11,7 @@ One module per concern, in the data's order: `limits` (bounds and fixed names), 
 `ports`, `entry` (the model and its cross-field rules), `devices` (which GPU an id names),
 `reading` (the file, safely), `json_text` (the decoder and its syntax hints), `entry_checks`
 (one entry as the file holds it), `checks` (across entries), `placement` (replicas on GPUs and
-ports) and `load` (all of it, for a file).
+ports), `load` (all of it, for a file) and `host` (the file as placed on this host).
 """
 
 from __future__ import annotations
