@@ -28,9 +28,8 @@ from byoc_orch.settings import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from byoc_orch.aimodels import ModelsFile
+    from byoc_orch.aimodels.host import ModelsLoader
     from byoc_orch.gpu import GpuInfo
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "build_parser", "main"]
@@ -224,63 +223,51 @@ def _inventory_reader(settings: Settings) -> Callable[[], list[GpuInfo]] | None:
     return read_inventory if settings.gpu_metrics else None
 
 
-def _load_placed(settings: Settings) -> ModelsFile:
-    """aiModels.json checked and its replicas placed on this host's GPU pool (BYOC_ORCH_GPUS,
-    else what NVML lists; none without a driver). Raises ModelsFileError."""
-    from byoc_orch.aimodels import load_models
-    from byoc_orch.gpu import GpuUnavailableError
-    from byoc_orch.placement import pool_from
+def _loader(settings: Settings) -> ModelsLoader:
+    """aiModels.json's loader for this host: its replicas go on BYOC_ORCH_GPUS, else what NVML
+    lists, read here once (none without a driver)."""
+    from byoc_orch.aimodels.host import HostGpus, ModelsLoader
 
-    reader = _inventory_reader(settings)
+    return ModelsLoader.from_settings(settings, HostGpus.read(_inventory_reader(settings)))
+
+
+def _load_or_report(loader: ModelsLoader, not_done: str) -> ModelsFile | None:
+    """The placed file, or None once every problem is on stderr with what was ``not_done``."""
+    from byoc_orch.aimodels import ModelsFileError
+    from byoc_orch.aimodels.placement import GpuPoolError
+    from byoc_orch.validate_cmd import print_problems
+
     try:
-        inventory = reader() if reader is not None else []
-    except GpuUnavailableError:
-        inventory = []
-    return load_models(
-        settings.models_path,
-        reserved_ports=reserved_ports(settings),
-        gpu_pool=pool_from(settings.gpu_pool_setting, inventory),
-        pool_configured=settings.gpu_pool_setting is not None,
-        gpu_inventory=inventory,
-        engine_socket=settings.docker_host,
-    )
+        return loader.load()
+    except GpuPoolError as exc:
+        print_problems(exc, f"BYOC_ORCH_GPUS does not match this host; {not_done}")
+    except ModelsFileError as exc:
+        print_problems(exc, f"{loader.path} is invalid; {not_done}")
+    return None
 
 
 async def _run(settings: Settings) -> int:
     """Load and check aiModels.json, then run the daemon until SIGTERM/SIGINT."""
-    from byoc_orch.aimodels import ModelsFileError
-    from byoc_orch.placement import GpuPoolError
     from byoc_orch.server import serve
-    from byoc_orch.validate_cmd import print_problems
 
-    try:
-        models = _load_placed(settings)
-    except GpuPoolError as exc:
-        print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing was started")
-        return EXIT_INVALID
-    except ModelsFileError as exc:
-        print_problems(exc, f"{settings.models_path} is invalid; nothing was started")
+    loader = _loader(settings)
+    models = _load_or_report(loader, "nothing was started")
+    if models is None:
         return EXIT_INVALID
     for warning in models.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return await serve(settings, models)
+    return await serve(settings, models, loader)
 
 
 def _export(settings: Settings, what: str, *, include_token: bool) -> int:
     """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
     from byoc_orch import exports
     from byoc_orch.aimodels import ModelsFileError
-    from byoc_orch.placement import GpuPoolError
     from byoc_orch.validate_cmd import print_problems
 
     if what == "live-runners":
-        try:
-            models = _load_placed(settings)
-        except GpuPoolError as exc:
-            print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing exported")
-            return EXIT_INVALID
-        except ModelsFileError as exc:
-            print_problems(exc, f"{settings.models_path} is invalid; nothing exported")
+        models = _load_or_report(_loader(settings), "nothing exported")
+        if models is None:
             return EXIT_INVALID
         for warning in exports.live_runner_warnings(settings):
             print(f"warning: {warning}", file=sys.stderr)

@@ -24,13 +24,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from byoc_orch.aimodels import DROPPED_CAPABILITIES
+from byoc_orch.aimodels import DROPPED_CAPABILITIES, GpuRequest, ModelEntry
+from byoc_orch.aimodels.placement import ReplicaSlot
 from byoc_orch.image_ref import ImageRef
-
-if TYPE_CHECKING:
-    from byoc_orch.aimodels import GpuRequest, ModelEntry
 
 LABEL_MANAGED_BY = "byoc-orch.managed-by"
 LABEL_INSTANCE = "byoc-orch.instance"
@@ -66,7 +64,7 @@ def replica_id(entry: ModelEntry, index: int) -> str:
 
 
 class Slot(Protocol):
-    """Where one replica runs: placement.ReplicaSlot, or the entry's own url and gpus."""
+    """Where one replica runs: its index, host port and GPUs (a placement.ReplicaSlot)."""
 
     @property
     def index(self) -> int: ...
@@ -74,15 +72,6 @@ class Slot(Protocol):
     def host_port(self) -> int: ...
     @property
     def gpus(self) -> GpuRequest | None: ...
-
-
-@dataclass(frozen=True)
-class EntrySlot:
-    """The single slot of an entry without placement: its url port and its own gpus."""
-
-    index: int
-    host_port: int
-    gpus: GpuRequest | None
 
 
 @dataclass(frozen=True)
@@ -142,7 +131,7 @@ def build_container_spec(
     if entry.image is None or entry.host_port is None:
         raise ValueError(f"{entry.capability} is not a managed entry")
     if slot is None:
-        slot = EntrySlot(0, entry.host_port, entry.gpu_request())
+        slot = ReplicaSlot(0, entry.host_port, entry.gpu_request())
     gpus = slot.gpus
     worker = replica_id(entry, slot.index)
     shaping: dict[str, Any] = {

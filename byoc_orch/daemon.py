@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -23,7 +22,9 @@ import structlog
 
 from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
-from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem, load_models
+from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem
+from byoc_orch.aimodels.devices import gpu_request_warnings, gpus_given
+from byoc_orch.aimodels.host import ModelsLoader
 from byoc_orch.auth import Guard
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
@@ -33,18 +34,10 @@ from byoc_orch.engine import Engine, EngineError
 from byoc_orch.engine_events import EngineEvents, EngineReachability
 from byoc_orch.engine_port import ContainerEngine, EventSource
 from byoc_orch.forwarding import WorkerConnections
-from byoc_orch.gpu import (
-    GpuCollector,
-    GpuInfo,
-    GpuReader,
-    GpuUnavailableError,
-    gpu_request_warnings,
-    gpus_given,
-)
+from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader
 from byoc_orch.http_client import shared_client
 from byoc_orch.metrics import Metrics
 from byoc_orch.passthrough import Passthrough
-from byoc_orch.placement import GpuPool, pool_from
 from byoc_orch.proxy import SessionProxy
 from byoc_orch.proxy_target import Target
 from byoc_orch.reconcile import ReloadPlan, Running, plan, plan_reload
@@ -53,7 +46,7 @@ from byoc_orch.sd_notify import Notifier
 from byoc_orch.session_lifecycle import SessionLifecycle
 from byoc_orch.session_routes import ContainerRoutes
 from byoc_orch.sessions import EndReason
-from byoc_orch.settings import Settings, reserved_ports
+from byoc_orch.settings import Settings
 from byoc_orch.worker import Worker
 from byoc_orch.worker_calls import WorkerCalls
 from byoc_orch.worker_state import Launch, Policy, Status
@@ -111,6 +104,7 @@ class Daemon:
         *,
         engine: ContainerEngine | None = None,
         gpu_reader: GpuReader | None = None,
+        loader: ModelsLoader | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -169,7 +163,10 @@ class Daemon:
         self.advertisers: list[Advertiser] = build_advertisers(
             settings, self.registry, self._http, self.metrics
         )
-        self.gpu_inventory: list[GpuInfo] = []
+        self.loader = loader or ModelsLoader.from_settings(settings)
+        """What loaded `models`, and loads aiModels.json again on reload (with the GPUs read at
+        start-up: NVML is not asked again)."""
+        self.gpu_inventory: list[GpuInfo] = list(self.loader.gpus.inventory)
         self._gpus = (gpu_reader or GpuReader()) if settings.gpu_metrics else None
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
@@ -191,11 +188,6 @@ class Daemon:
     def engine_up(self) -> bool | None:
         """Whether Docker answers; None while byoc-orch has had no need of it."""
         return self.reachability.up
-
-    @property
-    def gpu_pool(self) -> GpuPool | None:
-        """The GPUs replicas are placed on: BYOC_ORCH_GPUS, else what NVML lists."""
-        return pool_from(self.settings.gpu_pool_setting, self.gpu_inventory)
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """Blocking work of byoc-orch's own (reading aiModels.json, NVML, rendering metrics) on
@@ -274,13 +266,12 @@ class Daemon:
         self._dispatcher = asyncio.create_task(router.run(), name="docker-events")
 
     async def _read_gpus(self) -> None:
-        """The host's GPUs, once: NVML calls block, so they run in a thread."""
+        """Say which GPUs the loader read at start-up; the metrics' reader is not asked."""
         if self._gpus is None:
             return
-        try:
-            self.gpu_inventory = await self.off_loop(self._gpus.inventory)
-        except GpuUnavailableError as exc:
-            log.info("no GPU inventory: GPU ids are not checked, no GPU metrics", reason=str(exc))
+        failure = self.loader.gpus.failure
+        if failure is not None:
+            log.info("no GPU inventory: GPU ids are not checked, no GPU metrics", reason=failure)
             return
         log.info(
             "GPUs",
@@ -486,17 +477,7 @@ class Daemon:
         async with self._reload_lock:
             if models is None:
                 try:
-                    models = await self.off_loop(
-                        functools.partial(
-                            load_models,
-                            self.settings.models_path,
-                            reserved_ports=reserved_ports(self.settings),
-                            gpu_pool=self.gpu_pool,
-                            pool_configured=self.settings.gpu_pool_setting is not None,
-                            gpu_inventory=self.gpu_inventory,
-                            engine_socket=self.settings.docker_host,
-                        )
-                    )
+                    models = await self.off_loop(self.loader.load)
                 except ModelsFileError as exc:
                     if dry_run:
                         raise ReloadRejected(exc.problems) from None

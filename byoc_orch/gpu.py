@@ -10,7 +10,7 @@ by a lock and never run on the event loop.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +18,11 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from byoc_orch.aimodels import GpuRequest, ModelEntry, Problem
-
 __all__ = [
     "GpuCollector",
     "GpuInfo",
     "GpuReader",
     "GpuUnavailableError",
-    "gpu_request_warnings",
-    "gpus_given",
-    "names_gpus",
     "read_inventory",
 ]
 
@@ -242,63 +237,3 @@ def read_inventory(nvml: Any | None = None) -> list[GpuInfo]:
         return reader.inventory()
     finally:
         reader.close()
-
-
-def gpu_request_warnings(
-    entries: Sequence[ModelEntry], inventory: Sequence[GpuInfo], source: str | None = None
-) -> list[Problem]:
-    """Entries asking for GPUs this host does not have; Docker would refuse to start them.
-
-    MIG devices (`MIG-…` UUIDs, `0:1` indexes) are not in NVML's device list and pass unchecked.
-    """
-    present = {str(gpu.index) for gpu in inventory} | {gpu.uuid.lower() for gpu in inventory}
-    listed = ", ".join(str(gpu.index) for gpu in inventory) or "none"
-    problems = []
-    for index, entry in enumerate(entries):
-        request = entry.gpu_request() if entry.managed else None
-        if request is None:
-            continue
-        if request.count is not None and request.count > len(inventory):
-            problems.append(
-                Problem(
-                    index,
-                    entry.model_id,
-                    "gpus",
-                    f"asks for {request.count} GPUs but this host has {len(inventory)}",
-                    'lower the count, or use "all"',
-                    source,
-                )
-            )
-        for device in request.device_ids:
-            if device.lower() in present or device.upper().startswith("MIG-") or ":" in device:
-                continue
-            problems.append(
-                Problem(
-                    index,
-                    entry.model_id,
-                    "gpus",
-                    f"device {device} is not on this host (GPU indexes here: {listed})",
-                    "use an index or UUID that `nvidia-smi -L` lists",
-                    source,
-                )
-            )
-    return problems
-
-
-def gpus_given(request: GpuRequest, inventory: Sequence[GpuInfo]) -> list[GpuInfo] | None:
-    """The host GPUs a request names, when that can be known (listed devices, or all of an
-    inventory); None for a bare count, which Docker resolves itself, or with no inventory."""
-    if not inventory:
-        return None
-    if request.device_ids:
-        wanted = {device.lower() for device in request.device_ids}
-        return [g for g in inventory if {str(g.index), g.uuid.lower()} & wanted]
-    if request.count == -1:
-        return list(inventory)
-    return None
-
-
-def names_gpus(entry: ModelEntry) -> bool:
-    """Whether an entry asks for particular GPUs or a number of them (not just "all"/"none")."""
-    request = entry.gpu_request() if entry.managed else None
-    return request is not None and (bool(request.device_ids) or (request.count or 0) > 0)

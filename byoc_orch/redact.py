@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+MASK = "***@"
+"""What stands for the credentials where the operator must see there were some (`validate`,
+aiModels.json problems)."""
 
 
-def display_url(url: str) -> str:
-    """The URL without any user:password part, for logs, the API and `validate`."""
-    try:
-        parts = urlsplit(url)
-        username, password, port = parts.username, parts.password, parts.port
-    except ValueError:
-        return url.rpartition("@")[2] if "@" in url else url
-    if username is None and password is None:
+def display_url(url: str, *, mask: str = "") -> str:
+    """``url`` for logs, the API and `validate`: any ``user:password@`` before the host becomes
+    ``mask`` (dropped by default). Read as text, so a URL too broken to parse is redacted too."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if at == -1:
+        return url
+    return f"{scheme}://{mask}{rest[at + 1 :]}"

@@ -19,6 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from byoc_orch.aimodels import ModelsFile
+from byoc_orch.aimodels.host import ModelsLoader
 from byoc_orch.api import create_app
 from byoc_orch.capabilities import Change
 from byoc_orch.daemon import Daemon, ReloadRejected, engine_for
@@ -79,7 +80,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings, models: ModelsFile) -> int:
+async def serve(settings: Settings, models: ModelsFile, loader: ModelsLoader) -> int:
+    """Run the daemon on ``models``, which ``loader`` loaded (and will load again on reload)."""
     try:
         require_token_off_loopback(settings)
     except SettingsError as exc:
@@ -101,7 +103,7 @@ async def serve(settings: Settings, models: ModelsFile) -> int:
         )
         return EXIT_UNAVAILABLE
     try:
-        return await _serve(settings, models, listening)
+        return await _serve(settings, models, loader, listening)
     finally:
         listening.close()
         lock.close()
@@ -139,8 +141,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(settings: Settings, models: ModelsFile, listening: socket.socket) -> int:
-    daemon = Daemon(settings, models)
+async def _serve(
+    settings: Settings, models: ModelsFile, loader: ModelsLoader, listening: socket.socket
+) -> int:
+    daemon = Daemon(settings, models, loader=loader)
     server = _Server(
         uvicorn.Config(
             create_app(daemon),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Protocol, TextIO
 
 from byoc_orch.aimodels import (
@@ -22,28 +21,23 @@ from byoc_orch.aimodels import (
     ModelsFile,
     ModelsFileError,
     UnreadableModelsFileError,
-    load_models,
-    redact_url,
 )
+from byoc_orch.aimodels.devices import gpu_request_warnings, names_gpus
+from byoc_orch.aimodels.host import HostGpus, ModelsLoader
+from byoc_orch.aimodels.placement import GpuPoolError, ReplicaSlot
+from byoc_orch.aimodels.ports import NO_PORTS
+from byoc_orch.aimodels.wording import show_bytes
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK
-from byoc_orch.gpu import (
-    GpuInfo,
-    GpuUnavailableError,
-    gpu_request_warnings,
-    names_gpus,
-    read_inventory,
-)
-from byoc_orch.placement import GpuPoolError, ReplicaSlot, pool_from
+from byoc_orch.gpu import GpuInfo, read_inventory
+from byoc_orch.redact import MASK, display_url
 
 __all__ = ["describe_entry", "print_problems", "run_validate"]
-
-_NO_PORTS: Mapping[int, str] = MappingProxyType({})
 
 
 def run_validate(
     path: Path,
     *,
-    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    reserved_ports: Mapping[int, str] = NO_PORTS,
     gpu_inventory: Callable[[], Sequence[GpuInfo]] | None = read_inventory,
     gpu_pool_setting: tuple[str, ...] | None = None,
     engine_socket: str | None = None,
@@ -60,8 +54,14 @@ def run_validate(
     to_out = _Printable(out or sys.stdout)
     to_err = _Printable(err or sys.stderr)
     host = _HostGpus(gpu_inventory)
+    loader = ModelsLoader(
+        path,
+        reserved_ports=reserved_ports,
+        pool_setting=gpu_pool_setting,
+        engine_socket=engine_socket,
+    )
     try:
-        models = _load(path, reserved_ports, host, gpu_pool_setting, engine_socket)
+        models = _load(loader, host)
     except GpuPoolError as exc:
         print_problems(exc, "BYOC_ORCH_GPUS does not match this host; nothing would start", to_err)
         return EXIT_INVALID
@@ -107,36 +107,24 @@ class _Printable:
 
 
 class _HostGpus:
-    """NVML's inventory, read at most once and only when asked for; empty without NVML."""
+    """NVML's inventory, read at most once and only when asked for."""
 
     def __init__(self, reader: Callable[[], Sequence[GpuInfo]] | None) -> None:
         self.reader = reader
-        self.failure: str | None = None
-        self._inventory: list[GpuInfo] | None = None
+        self._read: HostGpus | None = None
 
-    def inventory(self) -> list[GpuInfo]:
-        if self._inventory is None:
-            self._inventory = []
-            if self.reader is not None:
-                try:
-                    self._inventory = list(self.reader())
-                except GpuUnavailableError as exc:
-                    self.failure = str(exc)
-        return self._inventory
+    def read(self) -> HostGpus:
+        if self._read is None:
+            self._read = HostGpus.read(self.reader)
+        return self._read
 
 
-def _load(
-    path: Path,
-    reserved_ports: Mapping[int, str],
-    host: _HostGpus,
-    configured: tuple[str, ...] | None,
-    engine_socket: str | None,
-) -> ModelsFile:
+def _load(loader: ModelsLoader, host: _HostGpus) -> ModelsFile:
     """The file as the daemon would load it. NVML is asked only to check BYOC_ORCH_GPUS, or
     when the file is not valid without it or names GPUs or replicas."""
-    if configured is None and host.reader is not None:
+    if loader.pool_setting is None and host.reader is not None:
         try:
-            models = load_models(path, reserved_ports=reserved_ports, engine_socket=engine_socket)
+            models = loader.load()
         except UnreadableModelsFileError:
             raise
         except ModelsFileError:
@@ -144,15 +132,7 @@ def _load(
         else:
             if not any(_needs_host_gpus(entry) for entry in models.entries):
                 return models
-    inventory = host.inventory()
-    return load_models(
-        path,
-        reserved_ports=reserved_ports,
-        gpu_pool=pool_from(configured, inventory),
-        pool_configured=configured is not None,
-        gpu_inventory=inventory,
-        engine_socket=engine_socket,
-    )
+    return loader.with_gpus(host.read()).load()
 
 
 def _needs_host_gpus(entry: ModelEntry) -> bool:
@@ -174,14 +154,14 @@ def print_problems(exc: ModelsFileError, verdict: str | None, err: _Writer | Non
 def _gpu_lines(models: ModelsFile, host: _HostGpus) -> list[str]:
     if host.reader is None or not any(names_gpus(entry) for entry in models.entries):
         return []
-    inventory = host.inventory()
-    if host.failure is not None:
+    gpus = host.read()
+    if gpus.failure is not None:
         return [
             f"note: gpus: device ids and counts were not checked against this host's GPUs "
-            f"({host.failure}; no NVIDIA driver here?) — run validate on the GPU host to check "
+            f"({gpus.failure}; no NVIDIA driver here?) — run validate on the GPU host to check "
             "them"
         ]
-    warnings = gpu_request_warnings(models.entries, inventory, models.source)
+    warnings = gpu_request_warnings(models.entries, gpus.inventory, models.source)
     return [f"warning: {problem}" for problem in warnings]
 
 
@@ -191,11 +171,11 @@ def describe_entry(index: int, entry: ModelEntry, slots: Sequence[ReplicaSlot] =
     temperature = "warm" if entry.warm else "cold"
     head = f"entry {index} {entry.capability}"
     if not entry.managed:
-        url = redact_url(entry.url) if entry.url is not None else None
+        url = display_url(entry.url, mask=MASK) if entry.url is not None else None
         return f"{head}: external, {temperature}, url={url}"
     head = f"{head}: managed, {temperature}, image={entry.image}"
-    if entry.url is not None and redact_url(entry.url) != entry.url:
-        head = f"{head}, url={redact_url(entry.url)}"
+    if entry.url is not None and display_url(entry.url, mask=MASK) != entry.url:
+        head = f"{head}, url={display_url(entry.url, mask=MASK)}"
     limits = _limits(entry)
     if entry.replicated:
         replicas = ", ".join(
@@ -212,19 +192,12 @@ def _limits(entry: ModelEntry) -> str:
     """The container limits an entry sets, as ", memory=8 GiB, cpus=2, cap_add=[NET_RAW]"."""
     parts = []
     if entry.memory is not None:
-        parts.append(f"memory={_bytes(entry.memory)}")
+        parts.append(f"memory={show_bytes(entry.memory)}")
     if entry.cpus is not None:
         parts.append(f"cpus={entry.cpus:g}")
     if entry.cap_add:
         parts.append(f"cap_add=[{','.join(entry.cap_add)}]")
     return "".join(f", {part}" for part in parts)
-
-
-def _bytes(size: int) -> str:
-    for unit, name in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= unit:
-            return f"{size / unit:.4g} {name}"
-    return f"{size} bytes"
 
 
 def _shown(request: GpuRequest | None) -> str:

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, load_models, parse_models
+from byoc_orch.aimodels.placement import GpuPoolError, pool_from
 from byoc_orch.gpu import GpuInfo
 from byoc_orch.validate_cmd import run_validate
 
@@ -154,8 +155,6 @@ def test_any_json_document_parses_or_raises_models_file_error(document: object) 
 def test_any_plausible_entries_parse_or_raise_models_file_error(
     raw: list[dict[str, Any]], with_pool: bool
 ) -> None:
-    from byoc_orch.placement import pool_from
-
     text = dumped([plausible(entry, index) for index, entry in enumerate(raw)])
     pool = pool_from(None, GPUS) if with_pool else None
     parses_or_refuses(text, gpu_pool=pool, gpu_inventory=GPUS, engine_socket="unix:///run/x.sock")
@@ -188,8 +187,6 @@ replica_fields = st.fixed_dictionaries(
 def test_any_replica_layout_places_or_raises_models_file_error(
     raw: list[dict[str, Any]], configured: list[str] | None
 ) -> None:
-    from byoc_orch.placement import GpuPoolError, pool_from
-
     try:
         pool = pool_from(tuple(configured) if configured is not None else None, GPUS)
     except GpuPoolError:

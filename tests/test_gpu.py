@@ -13,18 +13,16 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from byoc_orch.aimodels import ModelEntry
 from byoc_orch.gpu import (
     GpuCollector,
     GpuInfo,
     GpuReader,
     GpuUnavailableError,
-    gpu_request_warnings,
-    names_gpus,
     read_inventory,
 )
 from byoc_orch.logging import configure_logging
 from byoc_orch.metrics import Metrics
+from tests.test_aimodels_devices import entry
 
 GIB = 1024**3
 
@@ -304,57 +302,20 @@ def test_concurrent_scrapes_initialise_once() -> None:
     assert nvml.calls == ["init"]
 
 
-def entry(**fields: Any) -> ModelEntry:
-    base = {"pipeline": "p", "model_id": "m", "container": "busybox", "url": "http://127.0.0.1:1"}
-    return ModelEntry.model_validate({**base, **fields})
-
-
-def external(**fields: Any) -> ModelEntry:
-    base = {"pipeline": "p", "model_id": "ext", "url": "http://10.0.0.5:1"}
-    return ModelEntry.model_validate({**base, **fields})
-
-
-INVENTORY = [GpuInfo(0, "GPU-aaaa", "H100", 80 * GIB), GpuInfo(1, "GPU-bbbb", "L4", 24 * GIB)]
-
-
-def test_request_warnings_name_missing_devices_and_excess_counts() -> None:
-    entries = [
-        entry(gpus=[0, "gpu-BBBB"]),
-        entry(model_id="two", gpus=[2, "GPU-cccc", "MIG-1234", "0:1"]),
-        entry(model_id="many", gpus=3),
-        entry(model_id="ok", gpus=2),
-        entry(model_id="all"),
-        external(gpus=[7]),
-    ]
-    assert [str(p) for p in gpu_request_warnings(entries, INVENTORY)] == [
-        "entry 1 (two): gpus: device 2 is not on this host (GPU indexes here: 0, 1) — use an "
-        "index or UUID that `nvidia-smi -L` lists",
-        "entry 1 (two): gpus: device GPU-cccc is not on this host (GPU indexes here: 0, 1) — "
-        "use an index or UUID that `nvidia-smi -L` lists",
-        'entry 2 (many): gpus: asks for 3 GPUs but this host has 2 — lower the count, or use "all"',
-    ]
-
-
-def test_names_gpus_only_for_managed_entries_naming_devices_or_counts() -> None:
-    assert names_gpus(entry(gpus=[0]))
-    assert names_gpus(entry(gpus=1))
-    assert not names_gpus(entry())
-    assert not names_gpus(entry(gpus="none"))
-    assert not names_gpus(external(gpus=[0]))
-
-
 async def test_the_daemon_serves_gpu_gauges_inventory_and_assignments() -> None:
     import httpx
 
     from byoc_orch.aimodels import parse_models
+    from byoc_orch.aimodels.host import HostGpus, ModelsLoader
     from byoc_orch.api import create_app
     from byoc_orch.daemon import Daemon
     from byoc_orch.settings import Settings
 
     external = '[{"pipeline": "p", "model_id": "ext", "url": "http://127.0.0.1:9"}]'
-    daemon = Daemon(
-        Settings(), parse_models(external, source="t"), gpu_reader=GpuReader(two_gpus())
-    )
+    reader = GpuReader(two_gpus())
+    settings = Settings()
+    loader = ModelsLoader.from_settings(settings, HostGpus.read(reader.inventory))
+    daemon = Daemon(settings, parse_models(external, source="t"), gpu_reader=reader, loader=loader)
     await daemon.start()
     try:
         transport = httpx.ASGITransport(app=create_app(daemon))

@@ -8,14 +8,8 @@ from typing import Any
 import pytest
 
 from byoc_orch.aimodels import GpuRequest, ModelEntry, ModelsFile, ModelsFileError, parse_models
+from byoc_orch.aimodels.placement import GpuPoolError, ReplicaSlot, plan, pool_from
 from byoc_orch.gpu import GpuInfo
-from byoc_orch.placement import (
-    GpuPoolError,
-    ReplicaSlot,
-    place,
-    plan,
-    pool_from,
-)
 
 FOUR = ("0", "1", "2", "3")
 UUIDS = tuple(f"GPU-{n}aaa0000-0000-0000-0000-000000000000" for n in range(4))
@@ -438,12 +432,14 @@ def test_unknown_or_repeated_gpus_in_the_setting_are_refused() -> None:
     assert isinstance(caught.value, ModelsFileError)
 
 
-def test_place_raises_and_plan_reports() -> None:
+def test_loading_raises_what_plan_reports() -> None:
+    text = json.dumps([managed("a", 8001, replicas=2)])
     entries = [ModelEntry.model_validate(managed("a", 8001, replicas=2))]
     with pytest.raises(ModelsFileError) as caught:
-        place(entries, None, source="x.json")
+        parse_models(text, source="x.json", gpu_pool=None)
     assert caught.value.problems[0].source == "x.json"
+    assert caught.value.problems == plan(entries, None, source="x.json").problems
     result = plan(entries, ("5", "6"), source="x.json")
     assert result.problems == []
     assert [slot.devices for slot in result.slots[entries[0].worker_id]] == [("5",), ("6",)]
-    assert place(entries, ("5", "6"), source="x.json") == result.slots
+    assert parse_models(text, source="x.json", gpu_pool=("5", "6")).replicas == result.slots

@@ -22,13 +22,13 @@ entry's `pipeline/model_id` (go-livepeer's docs' convention; every replica of an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from byoc_orch.aimodels import GpuRequest, ModelEntry
-from byoc_orch.container_spec import replica_id
+from byoc_orch.aimodels import ModelEntry
+from byoc_orch.container_spec import Slot, replica_id
 from byoc_orch.offer import Offer, json_number
 from byoc_orch.routes import LIVE_RUNNER_HEALTH_ROUTE, live_runner_health_url, proxy_url
 from byoc_orch.worker_state import State
@@ -43,15 +43,6 @@ class WorkerStatus(NamedTuple):
     state: State
     reason: str | None
     draining: bool = False
-
-
-class Slot(Protocol):
-    """One replica's placement (placement.ReplicaSlot)."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def gpus(self) -> GpuRequest | None: ...
 
 
 StatusLookup = Callable[[str], WorkerStatus | None]

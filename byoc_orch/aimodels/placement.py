@@ -34,27 +34,23 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from byoc_orch.aimodels import (
-    MAX_PORT,
-    GpuRequest,
-    ModelEntry,
-    ModelsFileError,
-    Problem,
-    loopback_port,
+from byoc_orch.aimodels.devices import Devices
+from byoc_orch.aimodels.entry import GpuRequest, ModelEntry, loopback_port
+from byoc_orch.aimodels.ports import (
+    NO_PORTS,
+    Listener,
+    past_the_last_port,
+    replica_port_problems,
 )
-
-if TYPE_CHECKING:
-    from byoc_orch.gpu import GpuInfo
+from byoc_orch.aimodels.problems import ModelsFileError, Problem, problem_order
+from byoc_orch.gpu import GpuInfo
 
 __all__ = [
     "GpuPool",
     "GpuPoolError",
     "Placement",
     "ReplicaSlot",
-    "place",
     "plan",
     "pool_from",
 ]
@@ -63,7 +59,6 @@ GpuPool = tuple[str, ...]
 """Device ids replicas may be placed on (index strings such as "0", or UUIDs), in pool order."""
 
 POOL_SETTING = "BYOC_ORCH_GPUS"
-_NO_PORTS: Mapping[int, str] = MappingProxyType({})
 _NO_POOL = "no GPU pool to place replicas on: NVML lists no GPUs here and BYOC_ORCH_GPUS is not set"
 _NO_POOL_FIX = 'run on the GPU host, set BYOC_ORCH_GPUS=0,1,…, or use "gpus": "none"'
 
@@ -99,23 +94,6 @@ class Placement:
 # --------------------------------------------------------------------------- the pool
 
 
-class _Devices:
-    """Names one GPU the same way whether written as an index or a UUID (when NVML said which
-    is which); ids NVML does not know (MIG devices, a host not yet seen) compare as written."""
-
-    def __init__(self, inventory: Sequence[GpuInfo]) -> None:
-        self._keys: dict[str, str] = {}
-        for gpu in inventory:
-            self._keys[str(gpu.index)] = str(gpu.index)
-            self._keys[gpu.uuid.lower()] = str(gpu.index)
-
-    def key(self, device: str) -> str:
-        return self._keys.get(device.lower(), device.lower())
-
-    def known(self, device: str) -> bool:
-        return device.lower() in self._keys
-
-
 def pool_from(configured: tuple[str, ...] | None, inventory: Sequence[GpuInfo]) -> GpuPool | None:
     """The GPU pool: BYOC_ORCH_GPUS when set, else NVML's GPUs by index, else None (no pool).
 
@@ -134,12 +112,12 @@ def pool_from(configured: tuple[str, ...] | None, inventory: Sequence[GpuInfo]) 
 def _pool_setting_problems(
     configured: tuple[str, ...], inventory: Sequence[GpuInfo]
 ) -> Iterator[Problem]:
-    devices = _Devices(inventory)
+    devices = Devices(inventory)
     listed = ", ".join(str(gpu.index) for gpu in inventory)
     at = partial(Problem, None, None, None, source=POOL_SETTING)
     seen: dict[str, str] = {}
     for member in configured:
-        if not devices.known(member) and not _is_mig(member):
+        if not devices.on_host(member):
             yield at(
                 f"GPU {member} is not on this host (NVML lists {listed})",
                 "list GPU indexes or UUIDs that `nvidia-smi -L` shows",
@@ -148,10 +126,6 @@ def _pool_setting_problems(
         earlier = seen.setdefault(devices.key(member), member)
         if earlier != member:
             yield at(f"{member} and {earlier} are the same GPU", f"list GPU {earlier} once")
-
-
-def _is_mig(device: str) -> bool:
-    return device.upper().startswith("MIG-") or ":" in device
 
 
 # --------------------------------------------------------------------------- placing
@@ -179,7 +153,7 @@ class _Planner:
         self.source = source
         self.pool_configured = pool_configured
         self.inventory = inventory
-        self.devices = _Devices(inventory)
+        self.devices = Devices(inventory)
         self.pool_keys = {self.devices.key(member) for member in pool or ()}
         self.holders: dict[str, _Holder] = {}
         self.result = Placement()
@@ -315,16 +289,9 @@ class _Planner:
 
     def _slots(self, index: int, entry: ModelEntry, requests: list[GpuRequest | None]) -> None:
         base = _base_port(entry)
-        last = base + len(requests) - 1
-        if last > MAX_PORT:
-            self.problem(
-                index,
-                entry,
-                "replicas",
-                f"{len(requests)} replicas listen on ports {base}…{last}, past {MAX_PORT}",
-                f"lower the url port to {MAX_PORT - len(requests) + 1} or less, or use a "
-                "replica count",
-            )
+        past = past_the_last_port(base, len(requests), counted=entry.replicas != "per-gpu")
+        if past is not None:
+            self.problem(index, entry, "replicas", *past)
             return
         self.result.slots[entry.worker_id] = tuple(
             ReplicaSlot(i, base + i, request) for i, request in enumerate(requests)
@@ -395,101 +362,21 @@ def _base_port(entry: ModelEntry) -> int:
 # --------------------------------------------------------------------------- ports
 
 
-@dataclass(frozen=True, slots=True)
-class _Occupant:
-    index: int
-    entry: ModelEntry
-    replica: int
-    replicas: int
-
-
-def _port_problems(
-    entries: Sequence[ModelEntry],
-    slots: Mapping[str, tuple[ReplicaSlot, ...]],
-    reserved: Mapping[int, str],
-    source: str,
-) -> list[Problem]:
-    """Replica ports (url port + 1 and up) against every other port in use. Base ports against
-    each other are aimodels' check; this one only adds what replicas bring, blaming the entry
-    whose replica range reaches the other port (the later one when both ranges do)."""
-    occupants = _occupants(entries, slots)
-    problems: dict[tuple[int, int], Problem] = {}
-    for port in sorted(occupants):
-        for mine in occupants[port]:
-            if mine.replica == 0:
-                continue
-            for key, clash in _clashes(mine, port, occupants[port], reserved):
-                if key not in problems:
-                    taken = _taken(mine, occupants, reserved)
-                    problems[key] = _port_problem(mine, port, clash, taken, source)
-    return list(problems.values())
-
-
-def _occupants(
+def _listeners(
     entries: Sequence[ModelEntry], slots: Mapping[str, tuple[ReplicaSlot, ...]]
-) -> dict[int, list[_Occupant]]:
+) -> list[Listener]:
     """Every loopback port in use: each managed container's, and loopback external entries'."""
-    occupants: dict[int, list[_Occupant]] = {}
+    listeners: list[Listener] = []
     for index, entry in enumerate(entries):
         if entry.managed:
             own = slots.get(entry.worker_id, ())
-            for slot in own:
-                occupants.setdefault(slot.host_port, []).append(
-                    _Occupant(index, entry, slot.index, len(own))
-                )
+            listeners += [
+                Listener(index, entry.model_id, True, slot.host_port, slot.index, len(own))
+                for slot in own
+            ]
         elif (port := loopback_port(entry)) is not None:
-            occupants.setdefault(port, []).append(_Occupant(index, entry, 0, 1))
-    return occupants
-
-
-def _clashes(
-    mine: _Occupant, port: int, here: list[_Occupant], reserved: Mapping[int, str]
-) -> Iterator[tuple[tuple[int, int], str]]:
-    """What a replica's port clashes with, keyed so each pair of entries is reported once."""
-    if port in reserved:
-        yield (mine.index, -1), f"taken by {reserved[port]}"
-    for other in here:
-        if other.index == mine.index or (other.replica and other.index > mine.index):
-            continue
-        whose = f"entry {other.index} ({other.entry.model_id})"
-        if other.replica:
-            whose = f"replica #{other.replica} of {whose}"
-        yield (mine.index, other.index), f"also used by {whose}"
-
-
-def _taken(
-    mine: _Occupant, occupants: Mapping[int, list[_Occupant]], reserved: Mapping[int, str]
-) -> set[int]:
-    """Ports that anything but this entry uses."""
-    others = {p for p, here in occupants.items() if any(o.index != mine.index for o in here)}
-    return others | set(reserved)
-
-
-def _port_problem(mine: _Occupant, port: int, clash: str, taken: set[int], source: str) -> Problem:
-    count = mine.replicas
-    fix = f"move this entry's url port so its replicas' ports url+0…url+{count - 1} are free"
-    suggestion = _free_run(count, taken, start=_base_port(mine.entry))
-    if suggestion is not None:
-        fix += f", e.g. http://127.0.0.1:{suggestion}"
-    return Problem(
-        mine.index,
-        mine.entry.model_id,
-        "url",
-        f"replica #{mine.replica} would listen on host port {port}, {clash}",
-        fix,
-        source,
-    )
-
-
-def _free_run(length: int, taken: set[int], *, start: int) -> int | None:
-    """The first port from ``start`` up that begins ``length`` free ports, if any."""
-    port = start
-    while port + length - 1 <= MAX_PORT:
-        clash = [p for p in range(port, port + length) if p in taken]
-        if not clash:
-            return port
-        port = max(clash) + 1
-    return None
+            listeners.append(Listener(index, entry.model_id, False, port))
+    return listeners
 
 
 # --------------------------------------------------------------------------- entry points
@@ -500,7 +387,7 @@ def plan(
     pool: GpuPool | None,
     *,
     source: str,
-    reserved_ports: Mapping[int, str] = _NO_PORTS,
+    reserved_ports: Mapping[int, str] = NO_PORTS,
     pool_configured: bool = False,
     inventory: Sequence[GpuInfo] = (),
 ) -> Placement:
@@ -520,35 +407,8 @@ def plan(
     for index, entry in counted + per_gpu:
         planner.replicated(index, entry)
     result = planner.result
-    result.problems.extend(_port_problems(entries, result.slots, reserved_ports, source))
-    result.problems.sort(key=_by_entry)
-    result.warnings.sort(key=_by_entry)
+    listeners = _listeners(entries, result.slots)
+    result.problems.extend(replica_port_problems(listeners, reserved_ports, source))
+    result.problems.sort(key=problem_order)
+    result.warnings.sort(key=problem_order)
     return result
-
-
-def _by_entry(problem: Problem) -> int:
-    return -1 if problem.entry_index is None else problem.entry_index
-
-
-def place(
-    entries: Sequence[ModelEntry],
-    pool: GpuPool | None,
-    *,
-    source: str,
-    reserved_ports: Mapping[int, str] = _NO_PORTS,
-    pool_configured: bool = False,
-    inventory: Sequence[GpuInfo] = (),
-) -> dict[str, tuple[ReplicaSlot, ...]]:
-    """Every managed entry's slots, keyed by worker_id; raises ModelsFileError listing every
-    problem (with the warnings) when they cannot all be placed. See `plan`."""
-    result = plan(
-        entries,
-        pool,
-        source=source,
-        reserved_ports=reserved_ports,
-        pool_configured=pool_configured,
-        inventory=inventory,
-    )
-    if result.problems:
-        raise ModelsFileError(result.problems, result.warnings)
-    return result.slots
