@@ -102,7 +102,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
 
     @app.get("/workers")
     async def workers() -> list[dict[str, Any]]:
-        return [worker.describe() for worker in daemon.workers.values()]
+        return [daemon.describe_worker(worker) for worker in daemon.workers.values()]
 
     @app.get("/entries")
     async def entries() -> list[dict[str, Any]]:
@@ -133,7 +133,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
                 },
                 status_code=404,
             )
-        return JSONResponse(found.describe())
+        return JSONResponse(daemon.describe_worker(found))
 
     @app.get("/advertisers")
     async def advertisers() -> list[dict[str, Any]]:
@@ -145,7 +145,10 @@ def create_app(daemon: Daemon) -> ProxyFirst:
         if found is None:
             return None
         return WorkerStatus(
-            found.status.state, found.status.reason or None, found.draining or found.held
+            found.status.state,
+            found.status.reason or None,
+            found.draining or found.held,
+            found.sessions,
         )
 
     app.include_router(live_runner_router(worker_status))

@@ -31,6 +31,9 @@ class ReplicaShare:
     gpu: dict[str, Any] | None = None
     """go-livepeer's LiveRunnerGPU shape (`id`, `name`, `vram_mb`) when the replica has one GPU."""
     session_ids: tuple[str, ...] = ()
+    draining: bool = False
+    """Takes no new sessions but still holds some (Live Runner's view only): its capacity is
+    the sessions it holds, so the orchestrator reserves nothing more on it."""
 
     @property
     def free(self) -> int:

@@ -22,6 +22,7 @@ import structlog
 
 from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
+from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser
 from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem
 from byoc_orch.aimodels.devices import gpu_request_warnings, gpus_given
 from byoc_orch.aimodels.host import ModelsLoader
@@ -33,10 +34,12 @@ from byoc_orch.deployment import Deployment, Specs, Timeouts
 from byoc_orch.engine import Engine, EngineError
 from byoc_orch.engine_events import EngineEvents, EngineReachability
 from byoc_orch.engine_port import ContainerEngine, EventSource
-from byoc_orch.forwarding import WorkerConnections
+from byoc_orch.forwarding import Unreachable, WorkerConnections
 from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader
 from byoc_orch.http_client import shared_client
+from byoc_orch.live_runner_sessions import LiveRunnerSessions
 from byoc_orch.metrics import Metrics
+from byoc_orch.orchestrator_sessions import ReleaseSender
 from byoc_orch.passthrough import Passthrough
 from byoc_orch.proxy import SessionProxy
 from byoc_orch.proxy_target import Target
@@ -47,6 +50,7 @@ from byoc_orch.session_lifecycle import SessionLifecycle
 from byoc_orch.session_routes import ContainerRoutes
 from byoc_orch.sessions import EndReason
 from byoc_orch.settings import Settings
+from byoc_orch.state_file import DaemonState, StateFile
 from byoc_orch.worker import Worker
 from byoc_orch.worker_calls import WorkerCalls
 from byoc_orch.worker_state import Launch, Policy, Status
@@ -111,6 +115,8 @@ class Daemon:
         self.models = models
         self.engine: ContainerEngine = engine or engine_for(settings)
         self.registry = CapabilityRegistry()
+        self.runners = CapabilityRegistry()
+        """What Live Runner advertises: the warm set plus draining replicas holding sessions."""
         self.policy = policy_from(settings)
         self.deployments: dict[str, Deployment] = {}
         self.workers: dict[str, Worker] = {}
@@ -140,12 +146,25 @@ class Daemon:
         )
         self.sessions = self.lifecycle.table
         """The session table, for reading; sessions change through `lifecycle`."""
+        self.state_file = StateFile(settings.state_directory, settings.instance)
+        self.releases = ReleaseSender(self._http)
+        self.live_runner_sessions = LiveRunnerSessions(
+            self.lifecycle,
+            self.releases,
+            workers=self.workers.get,
+            stop_stream=self._stop_stream,
+            spawn=self._spawn_background,
+            metrics=self.metrics,
+            changed=self._state_changed,
+        )
+        self.releases.observe = self.live_runner_sessions.observe_release
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.guard = Guard(token or None, settings.trusted)
         self.proxy = SessionProxy(
             resolve=self.target,
             deployments=lambda: self.deployments,
             lifecycle=self.lifecycle,
+            live_runner=self.live_runner_sessions,
             calls=calls,
             routes=self.routes,
             passthrough=Passthrough(
@@ -161,7 +180,12 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._note_config_applied()
         self.advertisers: list[Advertiser] = build_advertisers(
-            settings, self.registry, self._http, self.metrics
+            settings,
+            self.registry,
+            self._http,
+            self.metrics,
+            runners=self.runners,
+            hooks=self.live_runner_sessions,
         )
         self.loader = loader or ModelsLoader.from_settings(settings)
         """What loaded `models`, and loads aiModels.json again on reload (with the GPUs read at
@@ -205,6 +229,8 @@ class Daemon:
         of reach, leaving nothing running."""
         await self._read_gpus()
         self._warn_gpu_requests(self.models)
+        state = await self.off_loop(self.state_file.load)
+        self.live_runner_sessions.restore(state.runners, state.sessions)
         wanted = self._wanted(self.models)
         managed = [w for w in wanted.values() if w.entry.managed]
         if managed:
@@ -231,6 +257,9 @@ class Daemon:
         for each in wanted.values():
             self._deploy(each).start(the_plan.adopt)
         self.adopted = sorted(the_plan.adopt)
+        for worker_id in set(self.workers) - set(the_plan.adopt):
+            self.live_runner_sessions.forget_restored(worker_id)  # a new container runs nothing
+        self.live_runner_sessions.forget_restored(None)
         for advertiser in self.advertisers:
             await advertiser.start()
         self._spawn_background(
@@ -303,9 +332,18 @@ class Daemon:
             log.info("leaving sessions running in their containers", sessions=running)
         self.registry.withdraw_all()
         await asyncio.gather(*halted, return_exceptions=True)
+        leaving = self.settings.stop_containers_on_exit
         await asyncio.gather(
-            *(advertiser.aclose() for advertiser in self.advertisers), return_exceptions=True
+            *(
+                # What the next process will adopt stays advertised where that survives it.
+                advertiser.aclose(unregister=leaving or not advertiser.survives_restart)
+                for advertiser in self.advertisers
+            ),
+            return_exceptions=True,
         )
+        await self.releases.aclose()
+        self._save_state_now()
+        await self.state_file.flush()
         if self.settings.stop_containers_on_exit:
             await asyncio.gather(
                 *(
@@ -603,6 +641,43 @@ class Daemon:
             worker.hold(draining)
 
     # -- the warm set ---------------------------------------------------------------------------
+
+    def describe_worker(self, worker: Worker) -> dict[str, Any]:
+        """/workers: the replica, and its Live Runner runner when heartbeats are on."""
+        described = worker.describe()
+        runner = next(
+            (
+                found
+                for a in self.advertisers
+                if isinstance(a, LiveRunnerHeartbeatAdvertiser)
+                and (found := a.runner_of(worker.worker_id)) is not None
+            ),
+            None,
+        )
+        if runner is not None:
+            synced = self.live_runner_sessions.describe(worker.worker_id) or {}
+            described["live_runner"] = {**runner, "mismatched": synced.get("mismatched", 0)}
+        return described
+
+    # -- what survives a restart ----------------------------------------------------------------
+
+    def _snapshot(self) -> DaemonState:
+        return DaemonState(
+            runners=self.live_runner_sessions.runner_records(),
+            sessions=self.live_runner_sessions.records(),
+        )
+
+    def _state_changed(self) -> None:
+        self.state_file.save_soon(self._snapshot, self.off_loop)
+
+    def _save_state_now(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.state_file.save_soon(self._snapshot, self.off_loop)
+
+    async def _stop_stream(self, worker: Worker, session_id: str) -> bool:
+        """Stop a stream whose session ended elsewhere (the orchestrator released it)."""
+        answer = await self.routes.stop(worker, session_id)
+        return not isinstance(answer, Unreachable)
 
     def _capabilities_changed(self, change: Change) -> None:
         self.metrics.capabilities_warm.set(len(self.registry))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
@@ -45,6 +45,9 @@ class Host(Protocol):
     """What an entry needs from the daemon that runs it."""
 
     registry: CapabilityRegistry
+    runners: CapabilityRegistry
+    """What Live Runner advertises (Deployment.runners): the warm set and draining replicas
+    still holding sessions."""
 
     def new_worker(
         self, entry: ModelEntry, spec: ContainerSpec | None, index: int, deployment: Deployment
@@ -151,19 +154,36 @@ class Deployment:
         routable = [w for w in self.replicas() if w.routable]
         if not routable:
             return None
-        entry = self.entry
-        shares = tuple(
-            ReplicaShare(
-                worker_id=w.worker_id,
-                index=w.replica,
-                url=w.proxy_url,
-                capacity=w.entry.capacity,
-                in_use=w.in_use,
-                gpu=live_runner_gpu(w),
-                session_ids=self._host.session_ids(w.worker_id),
-            )
-            for w in routable
+        return self._advertised(tuple(self._share(w) for w in routable))
+
+    def runners(self) -> Capability | None:
+        """The entry as Live Runner advertises it: a runner per replica taking sessions, and
+        one per draining replica still holding some (its capacity those sessions, so the
+        registry reserves nothing new on it and releases nothing it holds); None when neither
+        is left."""
+        shares = []
+        for w in self.replicas():
+            if w.routable:
+                shares.append(self._share(w))
+            elif w.status.state is State.WARM and w.sessions_known and w.sessions > 0:
+                shares.append(replace(self._share(w), capacity=w.sessions, draining=True))
+        if not shares:
+            return None
+        return self._advertised(tuple(shares))
+
+    def _share(self, w: Worker) -> ReplicaShare:
+        return ReplicaShare(
+            worker_id=w.worker_id,
+            index=w.replica,
+            url=w.proxy_url,
+            capacity=w.entry.capacity,
+            in_use=w.in_use,
+            gpu=live_runner_gpu(w),
+            session_ids=self._host.session_ids(w.worker_id),
         )
+
+    def _advertised(self, shares: tuple[ReplicaShare, ...]) -> Capability:
+        entry = self.entry
         return Capability(
             entry_id=self.entry_id,
             pipeline=entry.pipeline,
@@ -231,6 +251,11 @@ class Deployment:
         self.publish()
 
     def publish(self) -> None:
+        runners = self.runners()
+        if runners is None:
+            self._host.runners.withdraw(self.entry_id)
+        else:
+            self._host.runners.set_warm(runners)
         capability = self.capability()
         if capability is None:
             self._warm_since = None
@@ -306,6 +331,7 @@ class Deployment:
             await asyncio.gather(*(self._drain(w) for w in workers))
         await asyncio.gather(*(self._retire(w, reason) for w in workers))
         self._host.registry.withdraw(self.entry_id)
+        self._host.runners.withdraw(self.entry_id)
 
     async def drain_all(self) -> None:
         """Shutdown with containers stopping: let sessions finish (bounded), nothing new."""

@@ -43,6 +43,7 @@ WORKER_STATES = tuple(str(state) for state in State)
 PROBE_FAILURE_REASONS = tuple(str(failure) for failure in ProbeFailure)
 SESSION_END_REASONS = tuple(str(reason) for reason in EndReason)
 START_REFUSALS = ("not_warm", "full")
+LIVE_RUNNER_WHERE = ("both", "orchestrator_only", "byoc_orch_only")
 PROXY_ROUTES = ("start", "stop", "params", "status", "passthrough")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 
@@ -195,6 +196,23 @@ class Metrics:
             (*entry, "reason"),
             registry=r,
         )
+        self.orchestrator_releases = Counter(
+            "byoc_orch_orchestrator_releases_total",
+            "Sessions byoc-orch released at the orchestrator's Live Runner registry (they ended "
+            "on byoc-orch's side), by the session's end reason and how the release ended "
+            "(released, already_gone, refused, gave_up).",
+            (*entry, "reason", "result"),
+            registry=r,
+        )
+        self.live_runner_sessions = Gauge(
+            "byoc_orch_live_runner_sessions",
+            "Live Runner sessions as of each heartbeat answer, by where they are known: both "
+            "(the orchestrator lists it and a worker runs it), orchestrator_only (reserved but "
+            "not started here, or lost), byoc_orch_only (run here, released there: being "
+            "stopped).",
+            (*entry, "where"),
+            registry=r,
+        )
         self.session_starts_refused = Counter(
             "byoc_orch_session_starts_refused_total",
             "Session starts refused by byoc-orch itself (503) before reaching the worker.",
@@ -248,6 +266,8 @@ class Metrics:
         for reason in START_REFUSALS:
             self.session_starts_refused.labels(pipeline, model_id, reason)
             self.requests_refused.labels(pipeline, model_id, reason)
+        for where in LIVE_RUNNER_WHERE:
+            self.live_runner_sessions.labels(pipeline, model_id, where)
 
     def remove_entry(self, pipeline: str, model_id: str) -> None:
         """Drop a removed entry's series, so a reload leaves no ghosts behind."""
@@ -255,6 +275,7 @@ class Metrics:
             (self.sessions_ended, SESSION_END_REASONS),
             (self.session_starts_refused, START_REFUSALS),
             (self.requests_refused, START_REFUSALS),
+            (self.live_runner_sessions, LIVE_RUNNER_WHERE),
         ):
             for value in extra:
                 _discard(metric, pipeline, model_id, value)

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import structlog
 
-log = structlog.get_logger("byoc_orch.orchestrator_sessions")
+LOGGER = "byoc_orch.orchestrator_sessions"
 
 ROUTE_HEADER = "livepeer-runner-route"
 SESSION_HEADER = "livepeer-session-id"
@@ -143,8 +143,9 @@ class ReleaseSender:
         give_up_after: float = GIVE_UP_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._log = structlog.get_logger(LOGGER)
         self._http = http
-        self._observe = observe
+        self.observe = observe
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._give_up_after = give_up_after
@@ -170,7 +171,7 @@ class ReleaseSender:
         began = self._clock()
         delay = self._retry_initial
         session = release.session
-        bound = log.bind(
+        bound = self._log.bind(
             orchestrator_session=session.session_id,
             runner_route=session.route,
             worker_id=release.worker_id,
@@ -230,8 +231,8 @@ class ReleaseSender:
         return response.status_code, None if response.status_code < 500 else response.text[:200]
 
     def _observed(self, release: Release, result: ReleaseResult, seconds: float) -> None:
-        if self._observe is not None:
-            self._observe(release, result, seconds)
+        if self.observe is not None:
+            self.observe(release, result, seconds)
 
     async def aclose(self, timeout: float = 2.0) -> None:
         """Shutdown: let releases in flight finish briefly, then cancel the rest."""

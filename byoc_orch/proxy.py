@@ -17,6 +17,7 @@ side only: sessions change in session_lifecycle.py, bytes travel through worker_
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from byoc_orch.auth import Guard
 from byoc_orch.forwarding import Unreachable, error_response
 from byoc_orch.metrics import Metrics
+from byoc_orch.orchestrator_sessions import NotFromRegistry, RegistrySession, from_headers
 from byoc_orch.passthrough import Passthrough
 from byoc_orch.proxy_target import Target, observe, refusal_response, status_class
 from byoc_orch.routing import Refusal
@@ -39,6 +41,7 @@ from byoc_orch.worker_calls import WorkerCalls
 
 if TYPE_CHECKING:
     from byoc_orch.deployment import Deployment
+    from byoc_orch.live_runner_sessions import LiveRunnerSessions
 
 SESSION_PATH = re.compile(r"^/?(?:api/)?stream/(start|stop|params|update|status)/?$")
 SESSION_OPS = {"start": "start", "stop": "stop", "params": "params", "update": "params"}
@@ -66,6 +69,7 @@ class SessionProxy:
         resolve: Callable[[str], Target | None],
         deployments: Callable[[], Mapping[str, Deployment]],
         lifecycle: SessionLifecycle,
+        live_runner: LiveRunnerSessions | None = None,
         calls: WorkerCalls,
         routes: ContainerRoutes,
         passthrough: Passthrough,
@@ -76,6 +80,7 @@ class SessionProxy:
         self._resolve = resolve
         self._deployments = deployments
         self._lifecycle = lifecycle
+        self._live_runner = live_runner
         self._calls = calls
         self._routes = routes
         self._passthrough = passthrough
@@ -166,12 +171,27 @@ class SessionProxy:
     async def _start(self, request: Request, target: Target, body: SessionBody) -> Response:
         entry = target.deployment.entry
         try:
+            registry = from_headers(request.headers)
+        except NotFromRegistry as exc:
+            return _error(
+                400,
+                f"this start carries Livepeer-Session-Id but {exc}",
+                fix="call through the orchestrator's Live Runner proxy, which sets all four "
+                "Livepeer-* headers, or send none of them",
+                model_id=entry.model_id,
+            )
+        try:
             payload = body.json()
         except ValueError as exc:
             return _error(400, f"start body is not valid JSON: {exc}", model_id=entry.model_id)
         if not isinstance(payload, dict):
             return _error(400, "start body must be a JSON object", model_id=entry.model_id)
         session_id = payload.get("gateway_request_id")
+        if registry is not None and not (isinstance(session_id, str) and session_id.strip()):
+            # A client of the registry names its session there; the worker needs it named.
+            session_id = registry.session_id
+            payload = {**payload, "gateway_request_id": session_id}
+            body = SessionBody(json.dumps(payload).encode())
         if not isinstance(session_id, str) or not session_id.strip():
             return _error(
                 400,
@@ -189,9 +209,11 @@ class SessionProxy:
                 for k in ("subscribe_url", "publish_url", "control_url", "events_url")
                 if k in payload
             },
+            registry=registry,
         )
         opened = self._lifecycle.open(opening, target.candidates())
         if isinstance(opened, Refusal):
+            self._not_started(registry, target, f"refused_{opened.reason}")
             return refusal_response(target, opened, self._metrics.session_starts_refused)
         if isinstance(opened, Duplicate):
             return _error(409, opened.message, model_id=entry.model_id, session=session_id)
@@ -211,18 +233,33 @@ class SessionProxy:
             raise
         if isinstance(upstream, Unreachable):
             self._lifecycle.abandon(session_id)
+            self._not_started(registry, target, "start_failed")
             return upstream.response()
         if upstream.is_success:
             self._lifecycle.confirm(opened)
         else:
             self._lifecycle.abandon(session_id)
+            if upstream.status >= 500:
+                # The replica cannot serve it (busy, broken); a 4xx is the client's to fix
+                # within its reservation.
+                self._not_started(registry, target, "start_failed")
         return upstream.response()
+
+    def _not_started(self, registry: RegistrySession | None, target: Target, why: str) -> None:
+        """A registry session whose start will not run here is released there at once."""
+        if registry is None or self._live_runner is None:
+            return
+        entry = target.deployment.entry
+        worker_id = target.worker.worker_id if target.worker is not None else target.name
+        self._live_runner.refused(registry, worker_id, entry.pipeline, entry.model_id, why)
 
     async def _about_session(
         self, request: Request, target: Target, op: str, body: SessionBody
     ) -> Response:
         """stop, params and status: to the replica holding the session."""
         named = named_session(request.headers, request.query_params, body)
+        if named is None:
+            named = self._by_registry(request)
         held = self._lifecycle.holder(named, target.candidates(), op=op, target=target.name)
         if isinstance(held, NotHeld):
             return _error(held.status, held.message, fix=held.fix, **held.details)
@@ -266,6 +303,14 @@ class SessionProxy:
         return upstream.response()
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _by_registry(self, request: Request) -> str | None:
+        """The session a call through the Live Runner proxy belongs to, by the registry's id."""
+        orchestrator_session = request.headers.get("livepeer-session-id", "").strip()
+        if not orchestrator_session:
+            return None
+        found = self._lifecycle.table.by_orchestrator_session(orchestrator_session)
+        return None if found is None else found.id
 
     async def _read_body(self, request: Request) -> bytes | None:
         """The whole body, or None when it is larger than byoc-orch takes for a session call."""

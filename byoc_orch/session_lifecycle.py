@@ -11,7 +11,7 @@ the reservation on the replica it chose happen in one synchronous step, so concu
 never over-reserve and a refusal is routing's own. Every end, whoever causes it, reaches one
 listener here: the metrics, the "session ended" line and the `on_end` subscribers see it with
 its reason (Live Runner's stop callbacks plug in there). A start may carry what its caller
-handed over to be known by (`Opening.identity`); the session keeps it for those subscribers.
+handed over to be known by (`Opening.registry`); the session keeps it for those subscribers.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import structlog
 
 from byoc_orch.forwarding import Answer, Unreachable
 from byoc_orch.metrics import Metrics
+from byoc_orch.orchestrator_sessions import RegistrySession
 from byoc_orch.routing import Refusal, choose
 from byoc_orch.session_body import SessionBody
 from byoc_orch.sessions import EndReason, Refused, Session, SessionState, SessionTable
@@ -65,9 +66,9 @@ class Opening:
     params: Any = None
     request: dict[str, Any] = field(default_factory=dict)
     """The stream's trickle URLs."""
-    identity: dict[str, str] = field(default_factory=dict)
-    """What the caller is known by and acts on the session with later (e.g. Live Runner's
-    session id, token and control URL); kept on the session, never described."""
+    registry: RegistrySession | None = None
+    """Its identity at the orchestrator's Live Runner registry (from the proxy's headers);
+    kept on the session, its credentials never described."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,9 @@ class Ended:
 
 
 EndHook = Callable[[Ended], None]
+OpenHook = Callable[[Session], None]
+Identities = Callable[[str, str], RegistrySession | None]
+"""(session id, worker id) → the registry identity a recovered stream had before a restart."""
 
 
 class SessionLifecycle:
@@ -140,6 +144,10 @@ class SessionLifecycle:
         self._metrics = metrics
         self._clock = clock
         self._hooks: list[EndHook] = []
+        self._open_hooks: list[OpenHook] = []
+        self._recovered_hooks: list[Callable[[str], None]] = []
+        self.identities: Identities = lambda _session, _worker: None
+        """Set by whoever remembers registry identities across a restart."""
         self._recovering: set[str] = set()
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
 
@@ -162,7 +170,7 @@ class SessionLifecycle:
                 now=self._clock(),
                 params=opening.params,
                 request=opening.request,
-                identity=opening.identity,
+                registry=opening.registry,
             )
         except Refused as refused:
             return Duplicate(str(refused))
@@ -174,6 +182,8 @@ class SessionLifecycle:
         if session is None:
             return None
         self._metrics.sessions_started.labels(session.pipeline, session.model_id).inc()
+        for hook in self._open_hooks:
+            hook(session)
         worker = opened.worker
         # Logged once the answer is on its way (the next loop turn), not before.
         asyncio.get_running_loop().call_soon(
@@ -247,6 +257,14 @@ class SessionLifecycle:
 
     # -- ending ---------------------------------------------------------------------------------
 
+    def on_open(self, hook: OpenHook) -> None:
+        """Call `hook` with every session a worker accepted or that was recovered from one."""
+        self._open_hooks.append(hook)
+
+    def on_recovered(self, hook: Callable[[str], None]) -> None:
+        """Call `hook` with a worker's id once its streams were recovered after a restart."""
+        self._recovered_hooks.append(hook)
+
     def on_end(self, hook: EndHook) -> None:
         """Call `hook` with every session that ends, once, whatever ends it. Hooks run inside
         the end: they must be quick and must not raise (I/O belongs in a task)."""
@@ -313,6 +331,8 @@ class SessionLifecycle:
             return
         worker.sessions_known = True
         worker.set_sessions(self.table.in_use(worker.worker_id))
+        for hook in self._recovered_hooks:
+            hook(worker.worker_id)
         worker.notify()
         if found:
             log.info(
@@ -339,9 +359,12 @@ class SessionLifecycle:
                 model_id=entry.model_id,
                 now=self._clock(),
                 request=request,
+                registry=self.identities(session_id, worker.worker_id),
             )
             if adopted is not None:
                 recorded.append(session_id)
+                for hook in self._open_hooks:
+                    hook(adopted)
         return recorded
 
 

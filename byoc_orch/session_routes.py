@@ -70,6 +70,17 @@ class ContainerRoutes:
         routes = await self.of(worker)
         return await self._calls.send(worker, "GET", f"{routes.prefix}/stream/status")
 
+    async def stop(self, worker: Worker, session_id: str) -> Answer | Unreachable:
+        """Stop a stream on byoc-orch's own account (its session ended elsewhere), naming it
+        the way go-livepeer does (`X-Stream-Id`)."""
+        routes = await self.of(worker)
+        return await self._calls.send(
+            worker,
+            "POST",
+            f"{routes.prefix}/stream/stop",
+            headers=[(b"x-stream-id", session_id.encode("utf-8", "replace"))],
+        )
+
     async def send_params(
         self, worker: Worker, routes: Routes, *, headers: RawHeaders, query: bytes, body: bytes
     ) -> Answer | Unreachable:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from byoc_orch.orchestrator_sessions import RegistrySession
+
 
 class SessionState(StrEnum):
     STARTING = "starting"
@@ -33,6 +35,12 @@ class EndReason(StrEnum):
     REPLACED = "replaced"
     REMOVED = "removed"
     SHUTDOWN = "shutdown"
+    RELEASED_BY_ORCHESTRATOR = "released_by_orchestrator"
+    """The orchestrator's Live Runner registry no longer holds the session (the client released
+    it, its payment failed, it expired): byoc-orch stopped the stream on the worker."""
+    REFUSED = "refused"
+    """The start never ran: byoc-orch or the worker turned it down (used for registry sessions
+    that must be released)."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,9 @@ class Session:
     end_reason: EndReason | None = None
     end_detail: str | None = None
     request: dict[str, Any] = field(default_factory=dict)
-    identity: dict[str, str] = field(default_factory=dict, repr=False)
-    """What the party that opened it handed over to be known by and to act on it later (e.g.
-    Live Runner's session id, token and control URL). May hold secrets: never described."""
+    registry: RegistrySession | None = field(default=None, repr=False)
+    """Its identity at the orchestrator's Live Runner registry, when it came through one: the
+    session id is shown, the token and control URL never."""
 
     def describe(self, *, with_urls: bool = True) -> dict[str, Any]:
         """`with_urls` False hides the stream's trickle URLs: whoever has them can watch or
@@ -75,6 +83,7 @@ class Session:
             "end_reason": None if self.end_reason is None else str(self.end_reason),
             "end_detail": self.end_detail,
             "request": self.request if with_urls else {k: "[hidden]" for k in self.request},
+            **(self.registry.describe() if self.registry is not None else {}),
         }
 
 
@@ -103,6 +112,8 @@ class SessionTable:
         self._live: OrderedDict[str, Session] = OrderedDict()
         self._by_worker: dict[str, dict[str, None]] = {}
         """worker id → its live session ids, in start order."""
+        self._by_registry: dict[str, str] = {}
+        """orchestrator session id → byoc-orch session id, for live registry sessions."""
         self._ended: deque[Session] = deque(maxlen=keep_ended)
         self._on_count = on_count
         self._on_end = on_end
@@ -146,7 +157,7 @@ class SessionTable:
         params: Any = None,
         request: dict[str, Any] | None = None,
         entry_id: str = "",
-        identity: dict[str, str] | None = None,
+        registry: RegistrySession | None = None,
     ) -> Session:
         """Take a slot on `worker_id` (routing chose it) for a start about to be forwarded;
         raises Refused when the id is already live."""
@@ -167,7 +178,7 @@ class SessionTable:
                 entry_id=entry_id,
                 params=params,
                 request=request or {},
-                identity=identity or {},
+                registry=registry,
             )
         )
 
@@ -182,6 +193,7 @@ class SessionTable:
         now: float,
         params: Any = None,
         request: dict[str, Any] | None = None,
+        registry: RegistrySession | None = None,
     ) -> Session | None:
         """Record a stream found running on a worker (after a restart): active at once, slot
         taken. None if the id is already live here."""
@@ -199,11 +211,19 @@ class SessionTable:
                 recovered=True,
                 params=params,
                 request=request or {},
+                registry=registry,
             )
         )
 
+    def by_orchestrator_session(self, orchestrator_session: str) -> Session | None:
+        """The live session the registry knows as `orchestrator_session`."""
+        session_id = self._by_registry.get(orchestrator_session)
+        return None if session_id is None else self._live.get(session_id)
+
     def _add(self, session: Session) -> Session:
         self._live[session.id] = session
+        if session.registry is not None:
+            self._by_registry[session.registry.session_id] = session.id
         self._by_worker.setdefault(session.worker_id, {})[session.id] = None
         self._count(session.worker_id)
         return session
@@ -261,6 +281,9 @@ class SessionTable:
         ]
 
     def _unindex(self, session: Session) -> None:
+        registry = session.registry
+        if registry is not None and self._by_registry.get(registry.session_id) == session.id:
+            del self._by_registry[registry.session_id]
         held = self._by_worker.get(session.worker_id)
         if held is not None:
             held.pop(session.id, None)

@@ -218,6 +218,25 @@ class Settings(BaseSettings):
             "and ORCH_SECRET)."
         ),
     )
+    live_runner_price_unit: Literal["720p", "hour"] = Field(
+        default="720p",
+        description=(
+            "Unit of the USD price Live Runner heartbeats carry: 720p (go-livepeer; exact for "
+            "aiModels.json's per-pixel prices) or hour (livepeer/node, which refuses 720p: the "
+            "price of an hour of 720p at 30 fps)."
+        ),
+    )
+    state_directory: Path | None = Field(
+        default_factory=lambda: Path(
+            os.environ.get("STATE_DIRECTORY", "/var/lib/byoc-orch").split(":")[0]
+        ),
+        description=(
+            "Where byoc-orch keeps what must survive its restart: Live Runner runner ids and "
+            "heartbeat secrets, live sessions' orchestrator credentials, drained replicas "
+            "(one file per instance, mode 0600). Default: systemd's $STATE_DIRECTORY "
+            "(StateDirectory=), else /var/lib/byoc-orch."
+        ),
+    )
     register_probe_interval: float = Field(
         default=2.0,
         gt=0,

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-log = structlog.get_logger("byoc_orch.state_file")
+LOGGER = "byoc_orch.state_file"
 
 FORMAT = 1
 """Bumped only with a reader for the previous format beside it: an upgrade must not lose runners."""
@@ -116,6 +116,7 @@ class StateFile:
     """`<directory>/<instance>.state.json`; `directory` None keeps everything in memory."""
 
     def __init__(self, directory: Path | None, instance: str) -> None:
+        self._log = structlog.get_logger(LOGGER)
         self.instance = instance
         self.path = directory / f"{instance}.state.json" if directory is not None else None
         self._writable = True
@@ -129,7 +130,9 @@ class StateFile:
         try:
             raw = self._read()
         except FileNotFoundError:
-            log.info("no state file yet; Live Runner runners register afresh", path=str(self.path))
+            self._log.info(
+                "no state file yet; Live Runner runners register afresh", path=str(self.path)
+            )
             return DaemonState()
         except StateFileError as exc:
             self._not_used(str(exc))
@@ -142,7 +145,7 @@ class StateFile:
         except StateFileError as exc:
             self._not_used(str(exc))
             return DaemonState()
-        log.info(
+        self._log.info(
             "state restored",
             path=str(self.path),
             runners=len(state.runners),
@@ -177,7 +180,7 @@ class StateFile:
             os.close(fd)
 
     def _not_used(self, why: str) -> None:
-        log.warning(
+        self._log.warning(
             "state file not used: Live Runner runners register afresh and sessions running "
             "in adopted workers lose their orchestrator identity; it is rewritten at the "
             "next change",
@@ -213,7 +216,7 @@ class StateFile:
                 os.close(directory)
         except OSError as exc:
             if self._writable:
-                log.warning(
+                self._log.warning(
                     "cannot write the state file: Live Runner runners and session identities "
                     "will not survive a restart; fix: make its directory writable by "
                     "byoc-orch's user (the unit's StateDirectory= does), or set "
@@ -224,7 +227,7 @@ class StateFile:
             self._writable = False
             return
         if not self._writable:
-            log.info("state file written again", path=str(self.path))
+            self._log.info("state file written again", path=str(self.path))
         self._writable = True
 
     def save_soon(

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +24,12 @@ import docker
 import pytest
 
 from byoc_orch.container_spec import LABEL_INSTANCE
+
+# Daemons under test (and the `byoc-orch` processes they start) keep their state files in a
+# directory of the test run's own, never in /var/lib/byoc-orch.
+os.environ.setdefault(
+    "BYOC_ORCH_STATE_DIRECTORY", tempfile.mkdtemp(prefix="byoc-orch-test-state-")
+)
 from byoc_orch.engine import Engine
 from byoc_orch.offer import OFFER_FIELDS, Offer
 

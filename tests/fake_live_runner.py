@@ -77,6 +77,8 @@ class Released:
     session_id: str
     reason: str
     """unregister, heartbeat timeout, unhealthy, client stop, runner stop."""
+    wall: float = 0.0
+    """time.time() of the release, to compare with byoc-orch's session end times."""
 
 
 @dataclass
@@ -354,7 +356,9 @@ class LiveRunnerRegistry:
         """`releaseSessionLocked`."""
         if session_id in runner.sessions:
             runner.events.append({"event": "released", "session": session_id})
-            self.released.append(Released(self.clock(), runner.runner_id, session_id, reason))
+            self.released.append(
+                Released(self.clock(), runner.runner_id, session_id, reason, time.time())
+            )
         runner.sessions.pop(session_id, None)
 
     def release_session(self, route: str, session_id: str, reason: str = "client stop") -> None:

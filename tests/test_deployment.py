@@ -41,6 +41,7 @@ class Rig:
     def __init__(self, *, drain: float = 30.0) -> None:
         self.engine = FakeEngine(instance=INSTANCE, images=[V1, V2])
         self.registry = CapabilityRegistry()
+        self.runners = CapabilityRegistry()
         self.timeouts = Timeouts(drain=drain, stop=2.0)
         self.port = free_port(4)
         self.ended: list[tuple[str, EndReason]] = []

@@ -215,9 +215,16 @@ async def test_go_livepeer_restart_is_healed_by_the_next_heartbeat(
     registry.set_warm(capability("w2", "m2"))
     await eventually(lambda: len(fake.runners) == 2, what="registered")
     before = set(fake.runners)
+    restarted_at = fake.clock()
     await fake.restart(downtime=0.3)
     await eventually(lambda: len(fake.runners) == 2, within=3, what="registered again")
-    assert not before & set(fake.runners)
+    assert set(fake.runners) == before, "the same proposed runner ids, registered again"
+    bootstraps = [
+        c
+        for c in fake.calls_to("/runners/heartbeat")
+        if c.at > restarted_at and c.authorization == SECRET and c.status == 200
+    ]
+    assert len(bootstraps) == 2
     assert {r["app"] for r in fake.runners.values()} == {
         "live-video-to-video/m1",
         "live-video-to-video/m2",

@@ -69,6 +69,7 @@ def test_names_follow_prometheus_conventions() -> None:
                 "uuid",
                 "name",
                 "replica",
+                "where",
             }, sample
 
 

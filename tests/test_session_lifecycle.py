@@ -20,6 +20,7 @@ from byoc_orch.engine import Engine
 from byoc_orch.forwarding import Answer, Unreachable
 from byoc_orch.health import ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
+from byoc_orch.orchestrator_sessions import RegistrySession
 from byoc_orch.routing import Refusal, RefusalReason
 from byoc_orch.session_body import MAX_JSON_DEPTH, SessionBody
 from byoc_orch.session_lifecycle import (
@@ -103,8 +104,12 @@ class Fixture:
         return opened
 
 
-def opening(session_id: str, **identity: str) -> Opening:
-    return Opening(session_id, entry_id="e", pipeline="p", model_id="m", identity=identity)
+def opening(session_id: str, token: str | None = None) -> Opening:
+    registry = None
+    if token is not None:
+        control = f"http://orch/runner/r/session/o-{session_id}"
+        registry = RegistrySession(f"o-{session_id}", "r", control, token)
+    return Opening(session_id, entry_id="e", pipeline="p", model_id="m", registry=registry)
 
 
 def status_answer(status: int, body: Any) -> Answer:
@@ -166,8 +171,11 @@ async def test_a_duplicate_is_refused_after_routing_and_an_abandoned_start_frees
     workers = [replica(0, capacity=2)]
     f = Fixture(workers)
     first = f.lifecycle.open(opening("a", token="secret"), workers)
-    assert isinstance(first, Opened) and first.session.identity == {"token": "secret"}
-    assert "secret" not in json.dumps(first.session.describe())
+    assert isinstance(first, Opened) and first.session.registry is not None
+    assert first.session.registry.token == "secret"
+    shown = json.dumps(first.session.describe())
+    assert "secret" not in shown and "http://orch" not in shown and "o-a" in shown
+    assert f.lifecycle.table.by_orchestrator_session("o-a") == first.session
     again = f.lifecycle.open(opening("a"), workers)
     assert isinstance(again, Duplicate) and "already starting on e-0" in again.message
     f.lifecycle.abandon("a")

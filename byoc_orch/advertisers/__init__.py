@@ -16,7 +16,7 @@ import httpx
 
 from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.advertisers.byoc_register import ByocRegisterAdvertiser
-from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser
+from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser, RunnerHooks
 from byoc_orch.capabilities import CapabilityRegistry
 from byoc_orch.metrics import Metrics
 from byoc_orch.settings import Settings
@@ -34,16 +34,24 @@ def build_advertisers(
     registry: CapabilityRegistry,
     http: httpx.AsyncClient,
     metrics: Metrics,
+    *,
+    runners: CapabilityRegistry | None = None,
+    hooks: RunnerHooks | None = None,
 ) -> list[Advertiser]:
-    """The advertisers these settings turn on, not yet started."""
+    """The advertisers these settings turn on, not yet started. Live Runner heartbeats follow
+    `runners` (the warm set plus draining replicas that still hold sessions) when given."""
     has_orch = bool(
         settings.orch_url
         and settings.orch_secret is not None
         and settings.orch_secret.get_secret_value()
     )
-    chosen: list[type[Advertiser]] = []
+    chosen: list[Advertiser] = []
     if has_orch and settings.byoc_register:
-        chosen.append(ByocRegisterAdvertiser)
+        chosen.append(ByocRegisterAdvertiser(settings, registry, http, metrics))
     if has_orch and settings.live_runner_heartbeat:
-        chosen.append(LiveRunnerHeartbeatAdvertiser)
-    return [kind(settings, registry, http, metrics) for kind in chosen]
+        chosen.append(
+            LiveRunnerHeartbeatAdvertiser(
+                settings, runners if runners is not None else registry, http, metrics, hooks=hooks
+            )
+        )
+    return chosen

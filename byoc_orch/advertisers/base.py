@@ -66,6 +66,9 @@ class Advertiser(abc.ABC):
     name: ClassVar[str]
     calls: ClassVar[tuple[str, ...]]
     """The `call` label values it counts, created at zero on start."""
+    survives_restart: ClassVar[bool] = False
+    """Whether what it registered can be taken over by the next byoc-orch process (so a
+    shutdown that leaves the containers running withdraws nothing)."""
 
     def __init__(
         self,

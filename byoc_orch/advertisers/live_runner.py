@@ -38,11 +38,13 @@ PIXELS_PER_720P_HOUR = 3600 * 1280 * 720 * 30
 
 
 class WorkerStatus(NamedTuple):
-    """One worker's state and reason, as /workers shows them, and whether it drains."""
+    """One worker's state and reason, as /workers shows them, whether it drains, and the
+    sessions it holds."""
 
     state: State
     reason: str | None
     draining: bool = False
+    sessions: int = 0
 
 
 StatusLookup = Callable[[str], WorkerStatus | None]
@@ -50,8 +52,10 @@ StatusLookup = Callable[[str], WorkerStatus | None]
 
 
 def live_runner_router(status: StatusLookup) -> APIRouter:
-    """GET/HEAD /live-runner/{worker_id}/health: 200 while warm, 503 with the state otherwise,
-    404 for an unknown worker."""
+    """GET/HEAD /live-runner/{worker_id}/health: 200 while warm — and while draining as long as
+    it holds sessions, since one failed poll makes the registry release them
+    (`checkStaticRunnerHealth`); byoc-orch's proxy refuses new starts on it meanwhile — 503 with
+    the state otherwise, 404 for an unknown worker."""
     router = APIRouter()
 
     @router.api_route(LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], tags=["live runner"])
@@ -62,9 +66,11 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
             return JSONResponse(
                 {"error": f"no worker {worker_id!r}"}, status_code=404, headers=headers
             )
-        state, reason, draining = WorkerStatus(*found)
-        if state is State.WARM and not draining:
+        state, reason, draining, sessions = WorkerStatus(*found)
+        if state is State.WARM and (not draining or sessions > 0):
             body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": str(state)}
+            if draining:
+                body["draining"] = f"taking no new sessions; {sessions} still running"
             return JSONResponse(body, status_code=200, headers=headers)
         body = {
             "status": "unavailable",
@@ -77,19 +83,20 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
     return router
 
 
-def live_runner_price(offer: Offer) -> dict[str, Any] | None:
+def live_runner_price(offer: Offer, unit: str = "720p") -> dict[str, Any] | None:
     """`price_info` for a USD-priced entry, else None.
 
     go-livepeer takes live runner prices only in USD. An aiModels.json USD price is
     `price_per_unit` per `pixels_per_unit` pixels, and the `720p` unit divides its price by the
-    pixels of an hour of 720p at 30 fps, so the conversion is exact."""
+    pixels of an hour of 720p at 30 fps, so the conversion is exact. livepeer/node takes no
+    `720p` unit: `hour` carries the same number, the price of an hour of such a stream."""
     per_pixel = offer.price_per_pixel
     if (offer.currency or "").strip().lower() != "usd" or not per_pixel:
         return None
     return {
         "price": json_number(per_pixel * PIXELS_PER_720P_HOUR),
         "currency": "usd",
-        "unit": "720p",
+        "unit": unit,
     }
 
 
