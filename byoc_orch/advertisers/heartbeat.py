@@ -207,12 +207,21 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
         self._bootstrapped = False
         """Whether the registration secret was ever accepted (a 401 for it then means the
         proposed id is held, not that the secret is wrong)."""
+
+    async def start(self) -> None:
+        """Take over the runners the previous process registered (the state file), then go."""
         now = self._clock()
         for worker_id, record in self._hooks.restored_runners().items():
             if record.orch_url != self.orch_url:
+                self.log.info(
+                    "a runner in the state file belongs to another orchestrator; not used",
+                    worker_id=worker_id,
+                    runner_id=record.runner_id,
+                )
                 continue
             runner = _Runner(record.runner_id, record.secret, last_ok=now, next_due=now)
             self._restored[worker_id] = (runner, now + RESTORE_GRACE)
+        await super().start()
 
     def proposed_id(self, worker_id: str) -> str:
         return runner_id(self._host, self.settings.instance, worker_id)
