@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("what", choices=["live-runners", "aimodels"], help="what to print")
     export.add_argument(
+        "--format",
+        choices=["go-livepeer", "livepeer-node"],
+        default="go-livepeer",
+        help="live-runners: go-livepeer's runners.json (default), or livepeer/node's static "
+        "runner TOML (RunnerConfig), with the grants its orchestrator config needs",
+    )
+    export.add_argument(
         "--include-token",
         action="store_true",
         help="aimodels: put BYOC_ORCH_API_TOKEN in each entry's token (go-livepeer must send it "
@@ -166,7 +173,7 @@ def _main(argv: list[str] | None) -> int:
             engine_socket=settings.docker_host,
         )
     if args.command == "export":
-        return _export(settings, args.what, include_token=args.include_token)
+        return _export(settings, args.what, include_token=args.include_token, form=args.format)
     if args.command in CONSOLE:
         return _console(args, settings)
     from byoc_orch.logging import configure_logging
@@ -259,7 +266,7 @@ async def _run(settings: Settings) -> int:
     return await serve(settings, models, loader)
 
 
-def _export(settings: Settings, what: str, *, include_token: bool) -> int:
+def _export(settings: Settings, what: str, *, include_token: bool, form: str) -> int:
     """Print a go-livepeer file on stdout; problems and warnings go to stderr."""
     from byoc_orch import exports
     from byoc_orch.aimodels import ModelsFileError
@@ -269,9 +276,13 @@ def _export(settings: Settings, what: str, *, include_token: bool) -> int:
         models = _load_or_report(_loader(settings), "nothing exported")
         if models is None:
             return EXIT_INVALID
-        for warning in exports.live_runner_warnings(settings):
+        document = exports.live_runners(models, settings)
+        for warning in exports.live_runner_warnings(settings) + exports.unpriced(document):
             print(f"warning: {warning}", file=sys.stderr)
-        sys.stdout.write(exports.render(exports.live_runners(models, settings)))
+        if form == "livepeer-node":
+            sys.stdout.write(exports.node_runners_toml(document, settings.public_base_url))
+        else:
+            sys.stdout.write(exports.render(document))
         return EXIT_OK
     try:
         entries = exports.fetch_warm_aimodels(settings, include_token=include_token)

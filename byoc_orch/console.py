@@ -132,6 +132,7 @@ def _print_status(
         for worker in entry["replica_status"]:
             rows.append(_replica_row(worker))
     _table(rows, out)
+    _print_runners(entries, out)
     for entry in entries:
         for worker in entry["replica_status"]:
             crash = worker.get("last_failure_log")
@@ -139,6 +140,35 @@ def _print_status(
                 print(f"\n{worker['worker_id']} last log lines ({crash['reason']}):", file=out)
                 for line in crash["lines"][-8:]:
                     print(f"    {line}", file=out)
+
+
+def _print_runners(entries: list[dict[str, Any]], out: TextIO) -> None:
+    """Each replica's Live Runner runner (heartbeats on), and the sessions its orchestrator
+    says it holds beside those the replica runs."""
+    rows: list[tuple[str, ...]] = []
+    for entry in entries:
+        for worker in entry["replica_status"]:
+            runner = worker.get("live_runner")
+            if not runner:
+                continue
+            if runner.get("leaving"):
+                shown = "unregistering"
+            elif not runner.get("registered"):
+                shown = "registering"
+            elif runner.get("draining"):
+                shown = "draining (capacity = its sessions)"
+            else:
+                shown = "registered"
+            held = len(runner.get("orchestrator_sessions") or [])
+            note = f"{held} at the orchestrator, {worker['sessions']} running here"
+            if runner.get("mismatched"):
+                note += f" — {runner['mismatched']} not matched yet"
+            rows.append(
+                (f"  #{worker['replica']} {worker['worker_id']}", runner["runner_id"], shown, note)
+            )
+    if rows:
+        print("\nLive Runner", file=out)
+        _table([("REPLICA", "RUNNER ID", "RUNNER", "SESSIONS"), *rows], out)
 
 
 def _replica_row(worker: dict[str, Any]) -> tuple[str, ...]:

@@ -100,6 +100,18 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
+def unpriced(document: dict[str, Any]) -> list[str]:
+    """Runners an on-chain orchestrator refuses: it needs a USD `price_info` for each."""
+    apps = sorted({r["app"] for r in document["runners"] if "price_info" not in r})
+    if not apps:
+        return []
+    return [
+        f"no USD price for {', '.join(apps)}: an on-chain orchestrator refuses runners without "
+        'price_info — give the entry price_per_unit, pixels_per_unit and currency "USD" '
+        "(off-chain orchestrators need none)"
+    ]
+
+
 def live_runner_warnings(settings: Settings) -> list[str]:
     """What would stop go-livepeer from using the exported runners."""
     warnings = []

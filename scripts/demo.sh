@@ -53,6 +53,7 @@ cat >"$DEMO/aiModels.json" <<EOF
 ]
 EOF
 export BYOC_ORCH_GPUS=${BYOC_ORCH_GPUS:-0,1,2,3}
+export BYOC_ORCH_STATE_DIRECTORY=${BYOC_ORCH_STATE_DIRECTORY:-$DEMO/state}
 echo "demo aiModels.json: $DEMO/aiModels.json (GPU pool: $BYOC_ORCH_GPUS)"
 .venv/bin/byoc-orch validate "$DEMO/aiModels.json"
 exec .venv/bin/byoc-orch run --models "$DEMO/aiModels.json" --instance demo \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -226,7 +227,32 @@ def test_export_live_runners(
     entries = check_static_runner_config(captured.out.encode(), onchain=False)
     assert len(entries) == len(json.loads(EXAMPLE.read_text()))
     assert all(e["health_url"].startswith("http://10.1.2.3:9935/live-runner/") for e in entries)
-    assert captured.err == ""
+    # The example's prices are in wei: an on-chain orchestrator would refuse these runners.
+    (warning,) = captured.err.splitlines()
+    assert warning.startswith("warning: no USD price for ") and 'currency "USD"' in warning
+
+
+def test_export_live_runners_for_livepeer_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tomllib
+
+    monkeypatch.setenv("BYOC_ORCH_PUBLIC_URL", "http://10.1.2.3:9935")
+    argv = ["export", "live-runners", "--format", "livepeer-node", "--models", str(EXAMPLE)]
+    assert main(argv) == EXIT_OK
+    out = capsys.readouterr().out
+    runners = tomllib.loads(out)["Runners"]
+    assert len(runners) == len(json.loads(EXAMPLE.read_text()))
+    for runner in runners:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", runner["ID"])
+        assert runner["RunnerURL"] == f"http://10.1.2.3:9935/proxy/{runner['ID']}"
+        assert runner["HealthURL"] == f"http://10.1.2.3:9935/live-runner/{runner['ID']}/health"
+        assert runner["Status"] == "ready" and runner["HealthCode"] == 200
+        assert set(runner) <= {
+            "ID", "Label", "RunnerURL", "App", "Mode", "Capacity", "HealthURL", "HealthCode",
+            "Status", "GPU", "PriceInfo",
+        }  # fmt: skip
+    assert 'RunnerGrants = ["10.1.2.3:9935"]' in out and 'HealthGrants = ["10.1.2.3:9935"]' in out
 
 
 def test_export_live_runners_warns_about_the_fallback_url_and_the_token(

@@ -14,7 +14,9 @@ go-livepeer's 5 s × 2 polling), `restart` (adoption beside recreate-everything,
 32/128/256 external workers), `replicas` (8 replicas → one pull, session routing over 8
 replicas beside 1, the capability staying listed through a rolling replacement of 4), `batch`
 (the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
-small-request added latency; 32 concurrent clients beside direct).
+small-request added latency; 32 concurrent clients beside direct), `live_runner` (sessions
+made through the fake registry: a worker's end released there, a release there stopped here,
+a rolling replacement cutting none, a call through the registry's proxy beside direct).
 `python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
@@ -46,6 +48,7 @@ from tests.bench.common import (
     render_table,
 )
 from tests.bench.crash import crash, healthy
+from tests.bench.live_runner import live_runner
 from tests.bench.proxy import proxy
 from tests.bench.pulls import pulls
 from tests.bench.replicas import replicas
@@ -61,6 +64,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "scale": scale,
     "replicas": replicas,
     "batch": batch,
+    "live_runner": live_runner,
 }
 
 
