@@ -172,6 +172,7 @@ class FakeLivepeer:
             clock=clock,
         )
         self._server: asyncio.Server | None = None
+        self._runner_client: httpx.AsyncClient | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._connections: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
@@ -221,6 +222,9 @@ class FakeLivepeer:
             await asyncio.wait(self._handlers, timeout=5)
         await self._server.wait_closed()
         self._server = None
+        if self._runner_client is not None:
+            await self._runner_client.aclose()
+            self._runner_client = None
 
     async def restart(self, *, downtime: float = 0.0) -> None:
         """Stop, forget everything registered, and come back on the same port."""
@@ -556,9 +560,14 @@ class FakeLivepeer:
             ("Livepeer-Session-Control", self.registry.control_url(route, session_id)),
             ("X-Forwarded-For", "127.0.0.1"),
         ]
+        if self._runner_client is None:
+            # One client for every runner, as go-livepeer's ReverseProxy keeps its Transport's
+            # connections alive between calls.
+            self._runner_client = httpx.AsyncClient(trust_env=False)
         try:
-            async with httpx.AsyncClient(trust_env=False) as client:
-                reply = await client.request(method, url, content=body, headers=out, timeout=60.0)
+            reply = await self._runner_client.request(
+                method, url, content=body, headers=out, timeout=60.0
+            )
         except httpx.HTTPError as exc:
             self.proxied.append(
                 {"route": route, "session": session_id, "path": path, "status": 502}

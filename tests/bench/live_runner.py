@@ -133,7 +133,7 @@ async def live_runner(run: Run) -> list[Figure]:
     finally:
         await orch.stop()
         for name in ("lr", "lr-roll"):
-            remove_instance(run.docker, run.instance(name))
+            remove_instance(run.docker(), run.instance(name))
     return figures
 
 
@@ -167,7 +167,7 @@ async def _ends(
             current = next(
                 w for w in await _workers(http, daemon.url) if w["worker_id"] == r0["worker_id"]
             )
-            container = run.docker.containers.get(current["container_id"])
+            container = run.docker().containers.get(current["container_id"])
             await asyncio.to_thread(container.kill)
             found = await _until(
                 lambda sid=session_id: [r for r in orch.released if r.session_id == sid],
