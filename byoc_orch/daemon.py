@@ -195,6 +195,8 @@ class Daemon:
         if self._gpus is not None:
             self.metrics.register(GpuCollector(self._gpus))
         self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
+        self._drained: set[str] = set()
+        """Worker ids the operator drained; kept in the state file until `undrain`."""
         self._sweeper = DanglingSweeper(
             self.engine.list_containers,
             self.engine.remove,
@@ -231,6 +233,7 @@ class Daemon:
         self._warn_gpu_requests(self.models)
         state = await self.off_loop(self.state_file.load)
         self.live_runner_sessions.restore(state.runners, state.sessions)
+        self._drained = set(state.drained)
         wanted = self._wanted(self.models)
         managed = [w for w in wanted.values() if w.entry.managed]
         if managed:
@@ -437,6 +440,8 @@ class Daemon:
             worker.gpus = gpus_given(spec.gpus, self.gpu_inventory)
         self.metrics.set_worker_gpus(entry.pipeline, entry.model_id, str(index), worker.gpus)
         self.workers[worker_id] = worker
+        if worker_id in self._drained:
+            worker.held = True  # drained by the operator before a restart or a replacement
         return worker
 
     def gpu_devices(self, entry: ModelEntry) -> list[dict[str, Any]] | None:
@@ -451,6 +456,9 @@ class Daemon:
         self.routes.forget(worker.worker_id)
         entry = worker.entry
         still = self.deployments.get(worker.entry_id)
+        if still is None and worker.worker_id in self._drained:
+            self._drained.discard(worker.worker_id)  # its entry is gone: nothing to keep drained
+            self._state_changed()
         if still is None or worker.replica not in still.workers:
             self.metrics.remove_replica(entry.pipeline, entry.model_id, str(worker.replica))
 
@@ -636,9 +644,14 @@ class Daemon:
 
     def drain(self, workers: list[Worker], draining: bool) -> None:
         """Stop (or resume) routing new sessions and requests to these replicas and advertising
-        them; running sessions go on."""
+        them; running sessions go on. An operator's drain is state: it survives a restart."""
         for worker in workers:
             worker.hold(draining)
+            if draining:
+                self._drained.add(worker.worker_id)
+            else:
+                self._drained.discard(worker.worker_id)
+        self._state_changed()
 
     # -- the warm set ---------------------------------------------------------------------------
 
@@ -665,6 +678,7 @@ class Daemon:
         return DaemonState(
             runners=self.live_runner_sessions.runner_records(),
             sessions=self.live_runner_sessions.records(),
+            drained=set(self._drained),
         )
 
     def _state_changed(self) -> None:

@@ -460,6 +460,14 @@ async def test_a_restart_keeps_runners_and_sessions(
                 ),
                 what="the session's identity in the state file",
             )
+            other = next(w for w in await _workers(base) if w["worker_id"] not in route)
+            async with httpx.AsyncClient() as client:
+                drained = await client.post(f"{base}/workers/{other['worker_id']}/drain")
+            assert drained.status_code == 202
+            await eventually(
+                lambda: set(orch.runners) == {route}, what="the drained, idle replica's runner gone"
+            )
+            runners = dict(orch.runners)
             process.send_signal(how)
             process.wait(15)
             process = byoc_orch(["run"], env)
@@ -475,13 +483,20 @@ async def test_a_restart_keeps_runners_and_sessions(
             assert status.status_code == 200
             recovered = await _recovered(base, "gw-restart")
             assert recovered["orchestrator_session"] == session_id
-            # Its identity came back too: a crash now releases it at the registry.
+            # The operator's drain is state too: the other replica came back drained.
+            back = {w["worker_id"]: w for w in await _workers(base)}
+            assert back[other["worker_id"]]["drained_by_operator"] is True
             assert (await orch.client_stop(route, session_id)).status_code == 204
         finally:
             process.terminate()
             with contextlib.suppress(Exception):
                 process.wait(15)
             remove_containers(docker_client, instance)
+
+
+async def _workers(base: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        return list((await client.get(f"{base}/workers", timeout=5)).json())
 
 
 async def _recovered(base: str, session: str) -> dict[str, Any] | None:
