@@ -151,7 +151,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
             found.sessions,
         )
 
-    app.include_router(live_runner_router(worker_status))
+    app.include_router(live_runner_router(worker_status, lambda: daemon.reconciled))
 
 
     @app.post("/reload")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -53,11 +54,10 @@ from byoc_orch.settings import Settings
 from byoc_orch.state_file import DaemonState, StateFile
 from byoc_orch.worker import Worker
 from byoc_orch.worker_calls import WorkerCalls
-from byoc_orch.worker_state import Launch, Policy, Status
+from byoc_orch.worker_state import Launch, Policy, State, Status
 
 log = structlog.get_logger("byoc_orch.daemon")
 T = TypeVar("T")
-
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -100,6 +100,12 @@ class Wanted:
         return Running(self.entry, hashes if self.entry.managed else None, self.entry.warm)
 
 
+def _settled(worker: Worker) -> bool:
+    """Probed since it was adopted, and (when warm) its running streams known."""
+    state = worker.status.state
+    return state is not State.STARTING and (state is not State.WARM or worker.sessions_known)
+
+
 class Daemon:
     def __init__(
         self,
@@ -122,6 +128,8 @@ class Daemon:
         self.workers: dict[str, Worker] = {}
         """Every replica of every entry, by worker id."""
         self.ready = False
+        self.reconciled = False
+        """True once the first reconcile knows every worker (stays True through shutdown)."""
         self.notifier: Notifier | None = None
         """systemd's notify socket, when run as a service (set by the server)."""
         self.started_at = clock()
@@ -173,6 +181,7 @@ class Daemon:
             metrics=self.metrics,
             max_body_bytes=settings.max_body_bytes,
             guard=self.guard,
+            reconciled=lambda: self.reconciled,
         )
         self.registry.subscribe(self._capabilities_changed)
         self._events: EventSource | None = None
@@ -269,6 +278,7 @@ class Daemon:
             self._sweeper.every(self.settings.reconcile_interval), "dangling-containers"
         )
         self.ready = True
+        self.reconciled = True
         replicas = sum(len(w.specs) for w in wanted.values() if w.entry.warm)
         log.info(
             "reconciled",
@@ -279,6 +289,19 @@ class Daemon:
             removed=len(the_plan.remove),
             cold=sum(1 for w in wanted.values() if not w.entry.warm),
         )
+
+    async def settled(self, timeout: float) -> list[str]:
+        """Wait (at most `timeout` seconds) until every adopted replica has been probed and, if
+        warm, its streams are known: a process handed its listening socket by systemd serves
+        nothing before that, so no call meets a worker it does not know yet. Returns the ids of
+        those still unsettled."""
+
+        waiting = [w for w in self.workers.values() if w.worker_id in self.adopted]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for worker in waiting:
+                    await worker.wait_until(functools.partial(_settled, worker), timeout)
+        return [w.worker_id for w in waiting if not _settled(w)]
 
     async def _follow_engine(self) -> None:
         """Connect to Docker and open the event stream, once; events come before listing."""

@@ -29,8 +29,32 @@ if TYPE_CHECKING:
 log = structlog.get_logger("byoc_orch.passthrough")
 
 
+NOT_FORWARDED = frozenset({"CONNECT", "TRACE"})
+"""CONNECT asks for a tunnel and TRACE reflects the request (headers and all) back: neither is
+a call to a worker."""
+NO_BODY = frozenset({"HEAD"})
+"""Methods whose request must not carry a body here (a HEAD answer has none to pair it with)."""
+
+
 class BodyTooLarge(Exception):
     pass
+
+
+def _unforwardable(request: Request, declared: int | None) -> Response | None:
+    """byoc-orch's own clear 4xx for what the pass-through cannot forward."""
+    method = request.method
+    if method in NOT_FORWARDED:
+        response = error_response(
+            405,
+            f"{method} is not forwarded to workers",
+            fix="call the worker's routes with GET, POST, PUT, PATCH, DELETE or OPTIONS",
+        )
+        response.headers["Allow"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        return response
+    has_body = bool(declared) or "transfer-encoding" in request.headers
+    if method in NO_BODY and has_body:
+        return error_response(400, f"a {method} request carries no body", fix="send it without")
+    return None
 
 
 class WorkerBrokeOff(Exception):
@@ -48,6 +72,9 @@ class Passthrough:
         """Streamed to the least-loaded replica with a free slot and streamed back."""
         started = time.perf_counter()
         declared = declared_length(request)
+        unforwardable = _unforwardable(request, declared)
+        if unforwardable is not None:
+            return self._observed(started, unforwardable)
         if self._max and declared is not None and declared > self._max:
             return self._observed(started, self._too_large())
         choice = choose(target.loads())
@@ -74,6 +101,17 @@ class Passthrough:
         except ClientDisconnect:
             release()
             return Response(status_code=499)
+        except httpcore.LocalProtocolError as exc:
+            # What the client sent cannot be framed for the worker (h11 refused it).
+            release()
+            return self._observed(
+                started,
+                error_response(
+                    400,
+                    f"this request cannot be forwarded to the worker: {exc}",
+                    fix="send a body only with a method that takes one, of its declared length",
+                ),
+            )
         except BaseException:
             release()
             raise

@@ -76,6 +76,7 @@ class SessionProxy:
         metrics: Metrics,
         max_body_bytes: int,
         guard: Guard,
+        reconciled: Callable[[], bool] = lambda: True,
     ) -> None:
         self._resolve = resolve
         self._deployments = deployments
@@ -87,6 +88,7 @@ class SessionProxy:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._guard = guard
+        self._reconciled = reconciled
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -94,6 +96,16 @@ class SessionProxy:
         """Everything under /proxy/{id}/: an entry's id or one replica's."""
         some_id = request.path_params["worker_id"]
         target = self._resolve(some_id)
+        if target is None and not self._reconciled():
+            # A restarted byoc-orch answers before its first reconcile knows every worker: not
+            # "no such worker", but "ask again in a moment".
+            response = _error(
+                503,
+                f"byoc-orch is starting and does not know {some_id!r} yet",
+                fix="retry shortly (Retry-After)",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         if target is None:
             return _error(
                 404,

@@ -18,6 +18,7 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from byoc_orch import socket_activation
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.aimodels.host import ModelsLoader
 from byoc_orch.api import create_app
@@ -32,26 +33,66 @@ from byoc_orch.settings import Settings, SettingsError, require_token_off_loopba
 log = structlog.get_logger("byoc_orch.server")
 
 
+SETTLE_TIMEOUT = 5.0
+"""Seconds a socket-activated start waits for its adopted workers' first probes before it
+accepts calls (they wait in the socket's backlog meanwhile)."""
+MAX_HEAD_BYTES = 64 * 1024
+"""The request line and headers of one request, at most (nginx's default is 32 KiB, Go's 1 MiB;
+go-livepeer's session headers are a few hundred bytes)."""
 HEADER_TIMEOUT = 10.0
 """Seconds a client has to send a request's head once it connects or starts the request."""
 
 
 class HeadersInTime(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request's head: a client that
-    connects and sends nothing, or dribbles its headers, is cut off after HEADER_TIMEOUT seconds
-    instead of holding a connection (and its memory) open for ever."""
+    """uvicorn's httptools protocol with a deadline and a size bound for each request's head:
+    a client that connects and sends nothing, or dribbles its headers, is cut off after
+    HEADER_TIMEOUT seconds, and a head (request line and headers) larger than MAX_HEAD_BYTES is
+    answered 431 and the connection closed before more of it is held — so many connections
+    cannot each make the daemon keep megabytes of headers."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._tail = b""
         self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            window = self._tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._head_too_large()
+                return
+            self._tail = window[-3:]
+        super().data_received(data)
+
+    def _head_too_large(self) -> None:
+        self._head_arrived()
+        body = (
+            f'{{"error": "request head larger than {MAX_HEAD_BYTES} bytes", '
+            '"fix": "send fewer or smaller headers"}'
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
         if self._head_deadline is None:
             self._await_head()
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._tail = b""
         self._head_arrived()
         super().on_headers_complete()
 
@@ -88,24 +129,36 @@ async def serve(settings: Settings, models: ModelsFile, loader: ModelsLoader) ->
         log.error("refusing to start", error=str(exc))
         return EXIT_INVALID
     try:
+        activated = socket_activation.inherited()
+    except socket_activation.ActivationError as exc:
+        log.error("refusing to start: the sockets systemd passed cannot be served", error=str(exc))
+        return EXIT_INVALID
+    try:
         lock = acquire(settings.instance, settings.docker_host, await _engine_id(settings))
     except InstanceLocked as exc:
         log.error("refusing to start", error=str(exc))
         return EXIT_INVALID
+    if activated:
+        disagreement = socket_activation.disagreement(activated, settings.host, settings.port)
+        if disagreement is not None:
+            log.warning(disagreement)
+        listening = [listener.sock for listener in activated]
+    else:
+        try:
+            listening = [_listen(settings.host, settings.port)]
+        except OSError as exc:
+            lock.close()
+            log.error(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} — "
+                f"another process holds the port (ss -ltnp 'sport = :{settings.port}'); stop it "
+                "or choose another BYOC_ORCH_PORT"
+            )
+            return EXIT_UNAVAILABLE
     try:
-        listening = _listen(settings.host, settings.port)
-    except OSError as exc:
-        lock.close()
-        log.error(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} — another "
-            f"process holds the port (ss -ltnp 'sport = :{settings.port}'); stop it or choose "
-            "another BYOC_ORCH_PORT"
-        )
-        return EXIT_UNAVAILABLE
-    try:
-        return await _serve(settings, models, loader, listening)
+        return await _serve(settings, models, loader, listening, activated=bool(activated))
     finally:
-        listening.close()
+        for sock in listening:
+            sock.close()
         lock.close()
 
 
@@ -142,8 +195,17 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def _serve(
-    settings: Settings, models: ModelsFile, loader: ModelsLoader, listening: socket.socket
+    settings: Settings,
+    models: ModelsFile,
+    loader: ModelsLoader,
+    listening: list[socket.socket],
+    *,
+    activated: bool,
 ) -> int:
+    """Without socket activation the API answers first (503 on /readyz until the first
+    reconcile); handed its socket by systemd, byoc-orch accepts nothing until its workers are
+    adopted and probed — calls wait in the socket's backlog meanwhile, so a restart answers no
+    call with a refusal, a 404 or a 503."""
     daemon = Daemon(settings, models, loader=loader)
     server = _Server(
         uvicorn.Config(
@@ -173,13 +235,6 @@ async def _serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
-    http = asyncio.create_task(server.serve(sockets=[listening]), name="http")
-    while not server.started and not http.done():  # noqa: ASYNC110 (uvicorn has no event)
-        await asyncio.sleep(0.01)
-    if http.done():
-        log.error("HTTP API could not start", host=settings.host, port=settings.port)
-        return EXIT_UNAVAILABLE
-    log.info("listening", url=f"http://{settings.host}:{settings.port}", instance=settings.instance)
     if settings.api_token is None or not settings.api_token.get_secret_value():
         log.warning(
             "BYOC_ORCH_API_TOKEN is not set: whoever reaches this address can start sessions "
@@ -189,16 +244,34 @@ async def _serve(
             trusted_networks=settings.trusted_networks,
         )
     watchdog = asyncio.create_task(run_watchdog(notifier), name="watchdog")
+    http: asyncio.Task[None] | None = None
+    if not activated:
+        http = await _start_http(server, listening, settings)
+        if http is None:
+            watchdog.cancel()
+            return EXIT_UNAVAILABLE
     try:
         await daemon.start()
     except EngineError as exc:
         log.error("cannot start", error=str(exc))
         notifier.status(f"cannot start: {exc}")
         await daemon.stop()
-        server.should_exit = True
-        await http
+        await _stop_http(server, http)
         watchdog.cancel()
         return EXIT_UNAVAILABLE
+    if activated:
+        unsettled = await daemon.settled(SETTLE_TIMEOUT)
+        if unsettled:
+            log.warning(
+                "serving before every adopted worker answered its first probe",
+                waited_seconds=SETTLE_TIMEOUT,
+                workers=unsettled,
+            )
+        http = await _start_http(server, listening, settings)
+        if http is None:
+            await daemon.stop()
+            watchdog.cancel()
+            return EXIT_UNAVAILABLE
 
     def report_warm_set(_change: Change) -> None:
         notifier.status(status_line(daemon))
@@ -210,12 +283,44 @@ async def _serve(
     notifier.stopping()
     for task in reloads:
         task.cancel()
-    await daemon.stop()
-    server.should_exit = True
-    await http
+    if settings.stop_containers_on_exit:
+        # The containers go: the API stays up while their sessions drain.
+        await daemon.stop()
+        await _stop_http(server, http)
+    else:
+        # New connections wait in the socket's backlog (with socket activation, for the next
+        # process) while the calls in flight finish; then the daemon lets go of its workers.
+        await _stop_http(server, http)
+        await daemon.stop()
     watchdog.cancel()
     notifier.close()
     return EXIT_OK
+
+
+async def _start_http(
+    server: uvicorn.Server, listening: list[socket.socket], settings: Settings
+) -> asyncio.Task[None] | None:
+    http = asyncio.create_task(server.serve(sockets=listening), name="http")
+    while not server.started and not http.done():  # noqa: ASYNC110 (uvicorn has no event)
+        await asyncio.sleep(0.005)
+    if http.done():
+        log.error("HTTP API could not start", host=settings.host, port=settings.port)
+        return None
+    shown = [_address(sock) for sock in listening]
+    log.info("listening", url=shown[0], on=shown, instance=settings.instance)
+    return http
+
+
+async def _stop_http(server: uvicorn.Server, http: asyncio.Task[None] | None) -> None:
+    if http is None:
+        return
+    server.should_exit = True
+    await http
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
 
 
 def status_line(daemon: Daemon) -> str:

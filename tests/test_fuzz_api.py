@@ -187,7 +187,9 @@ def _raw_requests(ids: list[str]) -> Iterator[bytes]:
         b"Expect: 100-continue",
     ]
     for _ in range(160):
-        method = rng.choice([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"HEAD", b"BREW"])
+        method = rng.choice(
+            [b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"HEAD", b"BREW", b"CONNECT", b"TRACE"]
+        )
         target = rng.choice(targets)
         path = rng.choice(paths)
         raw_path = f"/proxy/{target}/{path}".encode("latin-1")
@@ -234,6 +236,35 @@ async def test_raw_malformed_requests_never_get_a_server_error(daemon: Running) 
             return (await client.get(f"{daemon.base}/healthz")).status_code == 200
 
     assert await eventually(alive, what="still serving")
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "body", "status"),
+    [
+        ("CONNECT", "Content-Length: 5", b"hello", 405),
+        ("CONNECT", "", b"", 405),
+        ("TRACE", "", b"", 405),
+        ("HEAD", "Content-Length: 5", b"hello", 400),
+        ("GET", "X-Big: " + "a" * 200_000, b"", 431),
+        ("GET", "X-Fine: " + "a" * 30_000, b"", 200),
+    ],
+    ids=["connect-body", "connect", "trace", "head-body", "huge-header", "large-header"],
+)
+async def test_what_cannot_be_forwarded_is_a_clear_4xx(
+    daemon: Running, method: str, extra: str, body: bytes, status: int
+) -> None:
+    from byoc_orch import server
+
+    port = int(daemon.base.rsplit(":", 1)[1])
+    lines = [f"{method} /proxy/{daemon.ids[0]}/v1/echo HTTP/1.1", "Host: byoc"]
+    lines += [extra] if extra else []
+    request = ("\r\n".join([*lines, "Connection: close"]) + "\r\n\r\n").encode() + body
+    answered, text = await asyncio.to_thread(_answer_to, port, request)
+    assert answered == status, text[:200]
+    if status >= 400 and method != "HEAD":  # a HEAD answer has no body
+        assert b"error" in text
+    if status == 431:
+        assert str(server.MAX_HEAD_BYTES).encode() in text
 
 
 async def test_slow_headers_are_cut_off(daemon: Running, monkeypatch: pytest.MonkeyPatch) -> None:

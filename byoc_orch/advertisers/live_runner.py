@@ -51,7 +51,9 @@ StatusLookup = Callable[[str], WorkerStatus | None]
 """worker_id → its status, or None for an unknown worker id."""
 
 
-def live_runner_router(status: StatusLookup) -> APIRouter:
+def live_runner_router(
+    status: StatusLookup, reconciled: Callable[[], bool] = lambda: True
+) -> APIRouter:
     """GET/HEAD /live-runner/{worker_id}/health: 200 while warm — and while draining as long as
     it holds sessions, since one failed poll makes the registry release them
     (`checkStaticRunnerHealth`); byoc-orch's proxy refuses new starts on it meanwhile — 503 with
@@ -63,6 +65,13 @@ def live_runner_router(status: StatusLookup) -> APIRouter:
         found = status(worker_id)
         headers = {"Cache-Control": "no-store"}
         if found is None:
+            if not reconciled():
+                message = f"byoc-orch is starting and does not know {worker_id!r} yet"
+                return JSONResponse(
+                    {"error": message},
+                    status_code=503,
+                    headers={**headers, "Retry-After": "1"},
+                )
             return JSONResponse(
                 {"error": f"no worker {worker_id!r}"}, status_code=404, headers=headers
             )
