@@ -153,7 +153,6 @@ def create_app(daemon: Daemon) -> ProxyFirst:
 
     app.include_router(live_runner_router(worker_status, lambda: daemon.reconciled))
 
-
     @app.post("/reload")
     async def reload(request: Request, dry_run: bool = False) -> Response:
         """Re-read aiModels.json and apply only the difference (the same as SIGHUP); with
@@ -176,9 +175,7 @@ def create_app(daemon: Daemon) -> ProxyFirst:
             return JSONResponse(
                 {"result": "rejected", "error": f"nothing was changed: {exc}"}, status_code=503
             )
-        return JSONResponse(
-            {"result": "planned" if dry_run else "applied", **applied.summary()}
-        )
+        return JSONResponse({"result": "planned" if dry_run else "applied", **applied.summary()})
 
     def _named(name: str) -> list[Worker] | JSONResponse:
         found = daemon.replicas_named(name)
@@ -223,6 +220,37 @@ def create_app(daemon: Daemon) -> ProxyFirst:
     async def undrain(request: Request, name: str) -> Response:
         """Take sessions again after a drain."""
         return await _act(request, name, "undrain")
+
+    @app.post("/withdraw", status_code=202)
+    async def withdraw(request: Request, cancel: bool = False) -> Response:
+        """Take the whole host out of service: every replica drains (no new sessions or
+        requests, nothing advertised that could take them; running sessions go on, their Live
+        Runner runners stay registered until they end). Kept across restarts; `cancel` undoes
+        it."""
+        denied = daemon.guard.denied(request)
+        if denied is not None:
+            return denied
+        workers = daemon.withdraw(cancel=cancel)
+        return JSONResponse(
+            {
+                "result": "cancelled" if cancel else "withdrawn",
+                "workers": [w.worker_id for w in workers],
+                "sessions": len(daemon.sessions.live()),
+            },
+            status_code=202,
+        )
+
+    @app.post("/shutdown", status_code=202)
+    async def shutdown(request: Request) -> Response:
+        """Exit as SIGTERM would: containers keep running unless
+        BYOC_ORCH_STOP_CONTAINERS_ON_EXIT."""
+        denied = daemon.guard.denied(request)
+        if denied is not None:
+            return denied
+        if daemon.request_exit is None:
+            return JSONResponse({"error": "this daemon cannot be stopped over HTTP"}, 409)
+        daemon.request_exit()
+        return JSONResponse({"result": "stopping"}, status_code=202)
 
     proxy = daemon.proxy
     for prefix in ("/stream", "/api/stream"):

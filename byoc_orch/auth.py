@@ -43,7 +43,6 @@ class Guard:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-
     def allowed(self, request: Request) -> bool:
         return self.denied(request, reads_too=True) is None
 

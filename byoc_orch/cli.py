@@ -107,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(action, parents=[flags], help=text)
         command.add_argument("name", help="worker id, entry id or model_id")
+    withdraw = commands.add_parser(
+        "withdraw",
+        parents=[flags],
+        help="take this host out of service without cutting a session (kept across restarts)",
+        description="Every replica drains: nothing new is sent or advertised, running sessions "
+        "go on (their Live Runner runners stay registered until they end).",
+    )
+    withdraw.add_argument("--wait", action="store_true", help="return once every session ended")
+    withdraw.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+    )
+    withdraw.add_argument(
+        "--stop", action="store_true", help="then stop the daemon (after --wait, if given)"
+    )
+    withdraw.add_argument("--cancel", action="store_true", help="put the host back in service")
     config = commands.add_parser("config", parents=[flags], help="settings")
     config.add_argument(
         "what", choices=["show"], help="show: the effective settings, secrets masked"
@@ -183,7 +198,7 @@ def _main(argv: list[str] | None) -> int:
         return runner.run(_run(settings))
 
 
-CONSOLE = ("status", "logs", "reload", "restart", "drain", "undrain", "config")
+CONSOLE = ("status", "logs", "reload", "restart", "drain", "undrain", "config", "withdraw")
 
 
 def _console(args: argparse.Namespace, settings: Settings) -> int:
@@ -197,6 +212,12 @@ def _console(args: argparse.Namespace, settings: Settings) -> int:
         return console.reload(settings, dry_run=args.dry_run)
     if args.command == "config":
         return console.config_show(settings)
+    if args.command == "withdraw":
+        from byoc_orch.withdraw_cmd import withdraw
+
+        return withdraw(
+            settings, wait=args.wait, timeout=args.timeout, stop=args.stop, cancel=args.cancel
+        )
     return console.act(settings, args.command, args.name)
 
 

@@ -100,6 +100,21 @@ class Wanted:
         return Running(self.entry, hashes if self.entry.managed else None, self.entry.warm)
 
 
+class _ByocMemory:
+    """The BYOC advertiser's registrations, remembered in the daemon's state file."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def restored(self) -> dict[str, str]:
+        return dict(self._daemon._byoc)
+
+    def changed(self, registered: dict[str, str]) -> None:
+        if registered != self._daemon._byoc:
+            self._daemon._byoc = dict(registered)
+            self._daemon._state_changed()
+
+
 def _settled(worker: Worker) -> bool:
     """Probed since it was adopted, and (when warm) its running streams known."""
     state = worker.status.state
@@ -130,6 +145,8 @@ class Daemon:
         self.ready = False
         self.reconciled = False
         """True once the first reconcile knows every worker (stays True through shutdown)."""
+        self.request_exit: Callable[[], None] | None = None
+        """Asks the process to stop as SIGTERM does (set by the server)."""
         self.notifier: Notifier | None = None
         """systemd's notify socket, when run as a service (set by the server)."""
         self.started_at = clock()
@@ -195,6 +212,7 @@ class Daemon:
             self.metrics,
             runners=self.runners,
             hooks=self.live_runner_sessions,
+            remembered=_ByocMemory(self),
         )
         self.loader = loader or ModelsLoader.from_settings(settings)
         """What loaded `models`, and loads aiModels.json again on reload (with the GPUs read at
@@ -206,6 +224,8 @@ class Daemon:
         self._own_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="byoc-orch")
         self._drained: set[str] = set()
         """Worker ids the operator drained; kept in the state file until `undrain`."""
+        self._byoc: dict[str, str] = {}
+        """BYOC capabilities registered (name → digest), kept in the state file."""
         self._sweeper = DanglingSweeper(
             self.engine.list_containers,
             self.engine.remove,
@@ -243,6 +263,7 @@ class Daemon:
         state = await self.off_loop(self.state_file.load)
         self.live_runner_sessions.restore(state.runners, state.sessions)
         self._drained = set(state.drained)
+        self._byoc = dict(state.byoc)
         wanted = self._wanted(self.models)
         managed = [w for w in wanted.values() if w.entry.managed]
         if managed:
@@ -356,17 +377,18 @@ class Daemon:
         elif running := len(self.sessions.live()):
             # The containers keep running, and so do their streams; the next start finds them.
             log.info("leaving sessions running in their containers", sessions=running)
-        self.registry.withdraw_all()
-        await asyncio.gather(*halted, return_exceptions=True)
         leaving = self.settings.stop_containers_on_exit
         await asyncio.gather(
             *(
-                # What the next process will adopt stays advertised where that survives it.
+                # What the next process will adopt stays advertised where that survives it;
+                # closed first, so the withdrawal below is not mirrored to the orchestrator.
                 advertiser.aclose(unregister=leaving or not advertiser.survives_restart)
                 for advertiser in self.advertisers
             ),
             return_exceptions=True,
         )
+        self.registry.withdraw_all()
+        await asyncio.gather(*halted, return_exceptions=True)
         await self.releases.aclose()
         self._save_state_now()
         await self.state_file.flush()
@@ -676,6 +698,22 @@ class Daemon:
                 self._drained.discard(worker.worker_id)
         self._state_changed()
 
+    def withdraw(self, *, cancel: bool = False) -> list[Worker]:
+        """Take the host out of service (or, with `cancel`, back in): every replica drains as
+        an operator's drain does — BYOC capabilities and idle Live Runner runners leave at once,
+        runners holding sessions stay until their last session ends — and the drain is kept
+        across restarts until cancelled."""
+        workers = list(self.workers.values())
+        self.drain(workers, not cancel)
+        log.warning(
+            "host withdrawn: no new sessions or requests; running sessions go on"
+            if not cancel
+            else "withdrawal cancelled: taking sessions again",
+            replicas=len(workers),
+            sessions=len(self.sessions.live()),
+        )
+        return workers
+
     # -- the warm set ---------------------------------------------------------------------------
 
     def describe_worker(self, worker: Worker) -> dict[str, Any]:
@@ -702,6 +740,7 @@ class Daemon:
             runners=self.live_runner_sessions.runner_records(),
             sessions=self.live_runner_sessions.records(),
             drained=set(self._drained),
+            byoc=dict(self._byoc),
         )
 
     def _state_changed(self) -> None:

@@ -224,6 +224,7 @@ async def _serve(
     notifier = Notifier()
     daemon.notifier = notifier
     stopping = asyncio.Event()
+    daemon.request_exit = stopping.set
     reloads: set[asyncio.Task[None]] = set()
 
     def reload_on_signal() -> None:

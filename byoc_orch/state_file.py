@@ -64,6 +64,9 @@ class DaemonState:
     """byoc-orch session id → its identity at the orchestrator."""
     drained: set[str] = field(default_factory=set)
     """Worker ids an operator drained (`byoc-orch drain`), until `undrain`."""
+    byoc: dict[str, str] = field(default_factory=dict)
+    """BYOC capability name → a digest of what go-livepeer was last told about it (the next
+    process registers again only what changed)."""
 
     def encode(self, instance: str) -> bytes:
         return json.dumps(
@@ -74,6 +77,7 @@ class DaemonState:
                 "runners": [vars(r) for r in self.runners.values()],
                 "sessions": [vars(s) for s in self.sessions.values()],
                 "drained": sorted(self.drained),
+                "byoc": self.byoc,
             },
             indent=1,
         ).encode()
@@ -103,7 +107,8 @@ def decode(raw: bytes, instance: str) -> DaemonState:
             session = SessionRecord(**{k: str(item[k]) for k in _fields(SessionRecord)})
             state.sessions[session.session] = session
         state.drained = {str(w) for w in data.get("drained", [])}
-    except (KeyError, TypeError, AttributeError):
+        state.byoc = {str(k): str(v) for k, v in dict(data.get("byoc", {})).items()}
+    except (KeyError, TypeError, AttributeError, ValueError):
         raise StateFileError("a record in it lacks a field byoc-orch needs") from None
     return state
 

@@ -79,8 +79,10 @@ async def test_warm_only_registration_follows_the_container(
                 await eventually(
                     lambda: "advertised" in orch.registered, what="re-registered after restart"
                 )
-        # Shutdown unregisters what was registered.
-        assert orch.registered == set()
-        assert orch.calls_to("/capability/unregister")[-1].body == b"advertised"
+            unregisters = len(orch.calls_to("/capability/unregister"))
+        # A shutdown that leaves the container running withdraws nothing: the next process
+        # takes over (go-livepeer keeps the running sessions' Load and their stop/params).
+        assert orch.registered == {"advertised"}
+        assert len(orch.calls_to("/capability/unregister")) == unregisters
     finally:
         await orch.stop()

@@ -302,6 +302,32 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert "ignoring" not in report, report
 
 
+def test_systemd_analyze_verify_accepts_the_socket_beside_the_service(tmp_path: Path) -> None:
+    """The socket unit as shipped, verified together with the service it activates."""
+    verify_unit(tmp_path, UNIT.read_text())  # writes the service copy beside the socket
+    socket_unit = tmp_path / "byoc-orch.socket"
+    socket_unit.write_text((ROOT / "deploy" / "byoc-orch.socket").read_text())
+    result = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(socket_unit),
+            str(tmp_path / "byoc-orch.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    assert "Unknown" not in report and "ignoring" not in report, report
+    text = socket_unit.read_text()
+    for line in ("ListenStream=127.0.0.1:9935", "Accept=no", "NoDelay=true"):
+        assert f"\n{line}\n" in text, line
+
+
 def test_systemd_analyze_verify_would_catch_a_typo(tmp_path: Path) -> None:
     text = UNIT.read_text()
     assert "\nLimitNOFILE=65536\n" in text

@@ -15,7 +15,7 @@ from __future__ import annotations
 import httpx
 
 from byoc_orch.advertisers.base import Advertiser
-from byoc_orch.advertisers.byoc_register import ByocRegisterAdvertiser
+from byoc_orch.advertisers.byoc_register import ByocRegisterAdvertiser, Remembered
 from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser, RunnerHooks
 from byoc_orch.capabilities import CapabilityRegistry
 from byoc_orch.metrics import Metrics
@@ -37,6 +37,7 @@ def build_advertisers(
     *,
     runners: CapabilityRegistry | None = None,
     hooks: RunnerHooks | None = None,
+    remembered: Remembered | None = None,
 ) -> list[Advertiser]:
     """The advertisers these settings turn on, not yet started. Live Runner heartbeats follow
     `runners` (the warm set plus draining replicas that still hold sessions) when given."""
@@ -47,7 +48,9 @@ def build_advertisers(
     )
     chosen: list[Advertiser] = []
     if has_orch and settings.byoc_register:
-        chosen.append(ByocRegisterAdvertiser(settings, registry, http, metrics))
+        chosen.append(
+            ByocRegisterAdvertiser(settings, registry, http, metrics, remembered=remembered)
+        )
     if has_orch and settings.live_runner_heartbeat:
         chosen.append(
             LiveRunnerHeartbeatAdvertiser(

@@ -65,9 +65,10 @@ describe() or an error text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from byoc_orch.advertisers.base import (
     Advertiser,
@@ -134,14 +135,36 @@ def classify(status: int, text: str) -> Result:
     return Result.REJECTED
 
 
+class Remembered(Protocol):
+    """Where BYOC registrations are remembered across a restart (the state file)."""
+
+    def restored(self) -> dict[str, str]: ...
+
+    def changed(self, registered: dict[str, str]) -> None: ...
+
+
+RESTORE_GRACE = 10.0
+"""Seconds the previous process's registrations wait for their capability to be warm again
+before they are withdrawn."""
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
 class ByocRegisterAdvertiser(Advertiser):
     """Registers each warm capability with go-livepeer and unregisters it when withdrawn."""
 
     name: ClassVar[str] = "byoc_register"
     calls: ClassVar[tuple[str, ...]] = ("register", "unregister", "probe")
+    survives_restart: ClassVar[bool] = True
+    """A restart leaves what it registered: go-livepeer keeps the sessions' Load and their
+    stop/params keep working (an unregister would break both), and the next process registers
+    the warm set again, capacity net of the running sessions."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, remembered: Remembered | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._remembered = remembered
         s = self.settings
         self._secret = secret_value(s)
         self._token = s.api_token.get_secret_value() if s.api_token is not None else ""
@@ -149,6 +172,9 @@ class ByocRegisterAdvertiser(Advertiser):
         self._probe_interval = s.register_probe_interval
         self._warm: dict[str, Capability] = {}
         self._registered: dict[str, bytes] = {}
+        self._told: dict[str, str] = {}
+        """name → digest of a registration the previous process made, until matched."""
+        self._told_until = 0.0
         self._rejected: dict[str, tuple[bytes, str]] = {}
         self._conflicts: dict[str, str] = {}
         self._force_all = False
@@ -177,9 +203,21 @@ class ByocRegisterAdvertiser(Advertiser):
             },
         }
 
+    async def start(self) -> None:
+        """What the previous process registered (the state file) counts as registered: the
+        same capability is not registered again, so go-livepeer's Load counts stay."""
+        if self._remembered is not None:
+            self._told = dict(self._remembered.restored())
+            self._told_until = self._clock() + RESTORE_GRACE
+        await super().start()
+
     def _on_change(self, change: Change) -> None:
         warm_by_entry(change, self._warm)
         self._wake.set()
+
+    def _note_registered(self) -> None:
+        if self._remembered is not None:
+            self._remembered.changed({n: _digest(b) for n, b in self._registered.items()})
 
     async def _withdraw_everything(self) -> None:
         for name in list(self._registered):
@@ -193,6 +231,7 @@ class ByocRegisterAdvertiser(Advertiser):
                 )
                 return
             self._registered.pop(name, None)
+        self._note_registered()
 
     # ------------------------------------------------------------------ the loop
 
@@ -210,6 +249,11 @@ class ByocRegisterAdvertiser(Advertiser):
             self._next_refresh = now + self._refresh_interval
             self._refresh_idle = True
         desired = self._desired()
+        if self._told and now >= self._told_until:
+            # Registered by the previous process and not warm again since: withdrawn below.
+            for name in self._told:
+                self._registered.setdefault(name, b"")
+            self._told.clear()
         for gone in [n for n in self._rejected if n not in desired]:
             del self._rejected[gone]
         called = False
@@ -220,12 +264,17 @@ class ByocRegisterAdvertiser(Advertiser):
             reply = await self._unregister(name)
             if reply.result in (Result.OK, Result.REJECTED):
                 self._registered.pop(name, None)
+                self._note_registered()
             if not self._after(reply):
                 return
         for name, (capability, body) in desired.items():
             if self._stopping:
                 return
             forced = self._force_all or (self._refresh_idle and capability.in_use == 0)
+            if not forced and self._told.pop(name, None) == _digest(body):
+                self._registered[name] = body  # registered by the previous process, as is
+                self._note_registered()
+                continue
             if not forced and self._registered.get(name) == body:
                 continue
             rejected = self._rejected.get(name)
@@ -238,8 +287,10 @@ class ByocRegisterAdvertiser(Advertiser):
             if reply.result is Result.OK:
                 self._registered[name] = body
                 self._rejected.pop(name, None)
+                self._note_registered()
             elif reply.result is Result.REJECTED:
                 self._registered.pop(name, None)
+                self._note_registered()
                 self._reject(name, capability, body, reply.error or "")
             if not self._after(reply):
                 return
