@@ -21,11 +21,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from byoc_orch import socket_activation
 from byoc_orch.aimodels import ModelsFile
 from byoc_orch.aimodels.host import ModelsLoader
-from byoc_orch.api import create_app
 from byoc_orch.capabilities import Change
 from byoc_orch.daemon import Daemon, ReloadRejected, engine_for
 from byoc_orch.engine import EngineError
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
+from byoc_orch.front import create_front
 from byoc_orch.instance_lock import InstanceLocked, acquire
 from byoc_orch.sd_notify import Notifier, run_watchdog
 from byoc_orch.settings import Settings, SettingsError, require_token_off_loopback
@@ -207,9 +207,10 @@ async def _serve(
     adopted and probed — calls wait in the socket's backlog meanwhile, so a restart answers no
     call with a refusal, a 404 or a 503."""
     daemon = Daemon(settings, models, loader=loader)
+    front = create_front(daemon)
     server = _Server(
         uvicorn.Config(
-            create_app(daemon),
+            front,
             host=settings.host,
             port=settings.port,
             log_config=None,

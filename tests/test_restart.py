@@ -104,7 +104,9 @@ class Load:
                     try:
                         reply = await client.request(method, url, content=b"x" * 100)
                         if reply.status_code != 200:
-                            self.failures.append(f"{method} {url}: {reply.status_code}")
+                            self.failures.append(
+                                f"{method} {url}: {reply.status_code} {reply.text[:200]}"
+                            )
                     except httpx.HTTPError as exc:
                         self.failures.append(f"{method} {url}: {type(exc).__name__}")
                     self.slowest = max(self.slowest, time.monotonic() - began)
@@ -135,6 +137,10 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
     try:
         await eventually(lambda: ready(base), within=30, what="ready")
         await eventually(lambda: len(orch.runners) == 2 and orch.registered, what="advertised")
+        await eventually(
+            lambda: orch.capabilities.get("rs", {}).get("capacity") == 2,
+            what="registered with both replicas warm",
+        )
         w0, w1 = sorted(w["worker_id"] for w in await workers(base))
         async with httpx.AsyncClient() as client:
             started = await client.post(

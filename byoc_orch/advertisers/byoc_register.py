@@ -239,7 +239,10 @@ class ByocRegisterAdvertiser(Advertiser):
         now = self._clock()
         if self._state is not OrchState.UP:
             return max(self._retry_at - now, 0.0)
-        return max(min(self._next_probe, self._next_refresh) - now, 0.0)
+        due = min(self._next_probe, self._next_refresh)
+        if self._told:
+            due = min(due, self._told_until)
+        return max(due - now, 0.0)
 
     async def _pass(self) -> None:
         now = self._clock()
@@ -271,10 +274,18 @@ class ByocRegisterAdvertiser(Advertiser):
             if self._stopping:
                 return
             forced = self._force_all or (self._refresh_idle and capability.in_use == 0)
-            if not forced and self._told.pop(name, None) == _digest(body):
-                self._registered[name] = body  # registered by the previous process, as is
-                self._note_registered()
-                continue
+            told = self._told.get(name)
+            if not forced and told is not None:
+                if told == _digest(body):
+                    del self._told[name]
+                    self._registered[name] = body  # registered by the previous process, as is
+                    self._note_registered()
+                    continue
+                if now < self._told_until:
+                    # Its replicas are still coming back after the restart: wait for the
+                    # registration go-livepeer has, rather than resetting its Load twice.
+                    continue
+                del self._told[name]
             if not forced and self._registered.get(name) == body:
                 continue
             rejected = self._rejected.get(name)

@@ -22,10 +22,10 @@ entry's `pipeline/model_id` (go-livepeer's docs' convention; every replica of an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 from byoc_orch.aimodels import ModelEntry
 from byoc_orch.container_spec import Slot, replica_id
@@ -51,43 +51,51 @@ StatusLookup = Callable[[str], WorkerStatus | None]
 """worker_id → its status, or None for an unknown worker id."""
 
 
-def live_runner_router(
-    status: StatusLookup, reconciled: Callable[[], bool] = lambda: True
-) -> APIRouter:
+def readiness(
+    found: WorkerStatus | None, worker_id: str, *, reconciled: bool = True
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     """GET/HEAD /live-runner/{worker_id}/health: 200 while warm — and while draining as long as
     it holds sessions, since one failed poll makes the registry release them
     (`checkStaticRunnerHealth`); byoc-orch's proxy refuses new starts on it meanwhile — 503 with
-    the state otherwise, 404 for an unknown worker."""
+    the state otherwise, 404 for an unknown worker (503 with Retry-After while byoc-orch is
+    starting and does not know its workers yet). The status, body and headers."""
+    headers = {"Cache-Control": "no-store"}
+    if found is None:
+        if not reconciled:
+            message = f"byoc-orch is starting and does not know {worker_id!r} yet"
+            return 503, {"error": message}, {**headers, "Retry-After": "1"}
+        return 404, {"error": f"no worker {worker_id!r}"}, headers
+    state, reason, draining, sessions = WorkerStatus(*found)
+    if state is State.WARM and (not draining or sessions > 0):
+        body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": str(state)}
+        if draining:
+            body["draining"] = f"taking no new sessions; {sessions} still running"
+        return 200, body, headers
+    body = {
+        "status": "unavailable",
+        "worker_id": worker_id,
+        "state": str(state),
+        "reason": "draining: taking no new sessions" if draining else reason,
+    }
+    return 503, body, headers
+
+
+def live_runner_router(
+    status: StatusLookup, reconciled: Callable[[], bool] = lambda: True
+) -> APIRouter:
+    """The readiness route for FastAPI (its OpenAPI listing; byoc-orch's front door answers it
+    before FastAPI, front.py)."""
+    from fastapi import APIRouter
+    from fastapi.responses import JSONResponse
+
     router = APIRouter()
 
-    @router.api_route(LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], tags=["live runner"])
-    async def live_runner_health(worker_id: str) -> JSONResponse:
-        found = status(worker_id)
-        headers = {"Cache-Control": "no-store"}
-        if found is None:
-            if not reconciled():
-                message = f"byoc-orch is starting and does not know {worker_id!r} yet"
-                return JSONResponse(
-                    {"error": message},
-                    status_code=503,
-                    headers={**headers, "Retry-After": "1"},
-                )
-            return JSONResponse(
-                {"error": f"no worker {worker_id!r}"}, status_code=404, headers=headers
-            )
-        state, reason, draining, sessions = WorkerStatus(*found)
-        if state is State.WARM and (not draining or sessions > 0):
-            body: dict[str, Any] = {"status": "OK", "worker_id": worker_id, "state": str(state)}
-            if draining:
-                body["draining"] = f"taking no new sessions; {sessions} still running"
-            return JSONResponse(body, status_code=200, headers=headers)
-        body = {
-            "status": "unavailable",
-            "worker_id": worker_id,
-            "state": str(state),
-            "reason": "draining: taking no new sessions" if draining else reason,
-        }
-        return JSONResponse(body, status_code=503, headers=headers)
+    @router.api_route(
+        LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], tags=["live runner"], response_model=None
+    )
+    async def live_runner_health(worker_id: str) -> Any:
+        code, body, headers = readiness(status(worker_id), worker_id, reconciled=reconciled())
+        return JSONResponse(body, status_code=code, headers=headers)
 
     return router
 
