@@ -58,7 +58,8 @@ echo "demo aiModels.json: $DEMO/aiModels.json (GPU pool: $BYOC_ORCH_GPUS)"
 .venv/bin/byoc-orch validate "$DEMO/aiModels.json"
 
 # byoc-orch leaves its containers running when it stops (the next start adopts them): say how
-# to remove them once it has. A trap, not an ignored signal, so byoc-orch still gets Ctrl-C.
+# to remove them once it has. Ctrl-C (or a TERM to this script) is passed on as SIGTERM, which
+# byoc-orch handles as it does under systemd.
 RUN_DIR=${BYOC_TEST_RUN:-/run/byoc-orch-test}
 left_running() {
   local docker="docker -H $BYOC_TEST_DOCKER_HOST" names
@@ -72,9 +73,14 @@ left_running() {
   printf 'The private Docker engines and registries scripts/test-env.sh started keep running for the\n'
   printf 'tests; stop the engines with: kill $(cat %s/main.pid) $(cat %s/nogpu.pid)\n' "$RUN_DIR" "$RUN_DIR"
 }
-trap 'true' INT TERM
-status=0
 .venv/bin/byoc-orch run --models "$DEMO/aiModels.json" --instance demo \
-  --docker-host "$BYOC_TEST_DOCKER_HOST" --log-format console "$@" || status=$?
+  --docker-host "$BYOC_TEST_DOCKER_HOST" --log-format console "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
+status=0
+while true; do
+  if wait "$child"; then status=0; else status=$?; fi
+  kill -0 "$child" 2>/dev/null || break
+done
 left_running
 exit "$status"
