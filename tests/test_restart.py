@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -312,3 +313,48 @@ def _cli(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+async def test_a_connection_accepted_as_the_process_stops_gets_its_answer(
+    harness: Harness, instance: str, tmp_path: Path
+) -> None:
+    """uvicorn closes every connection without a request in progress when it shuts down; one
+    accepted a moment before SIGTERM whose request is still on the way (and one half-way
+    through its head) would see a reset. byoc-orch serves that request, then closes."""
+    port = free_port()
+    models = tmp_path / "aiModels.json"
+    models.write_text("[]")
+    orch = FakeLivepeer(SECRET)
+    env = daemon_env(harness, instance, port, models, tmp_path / "state", orch)
+    log = tmp_path / "daemon.log"
+    holder = SocketHolder(port)
+    process = holder.spawn(env, log=log)
+    try:
+        await eventually(lambda: ready(f"http://127.0.0.1:{port}"), within=30, what="ready")
+        silent = socket.create_connection(("127.0.0.1", port))
+        halfway = socket.create_connection(("127.0.0.1", port))
+        halfway.sendall(b"GET /healthz HTTP/1.1\r\nHost: byoc\r\n")
+        # Both accepted by this process: a request on a third connection is answered after them.
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        await eventually(
+            lambda: "Shutting down" in log.read_text(errors="replace"),
+            what="uvicorn shutting down",
+        )
+        silent.sendall(b"GET /healthz HTTP/1.1\r\nHost: byoc\r\n\r\n")
+        halfway.sendall(b"\r\n")
+        for connection in (silent, halfway):
+            connection.settimeout(10)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+            connection.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert b"connection: close" in answer.lower()
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        holder.close()

@@ -56,6 +56,9 @@ RESTART_ALL_WARM = Target(
     "p50",
     0.5,
 )
+EXEC_TO_FIRST_CALL = Target(
+    "daemon restart … exec → first proxied call served p50 ≤ 0.3 s", "p50 ≤ 0.3 s", "p50", 0.3
+)
 RESTART_RECREATED = Target(
     "daemon restart, unchanged aiModels.json → … 0 containers recreated", "0", "max", 0.0
 )
@@ -141,12 +144,10 @@ SCALE = {256: (CPU_256, RSS_256), 1024: (CPU_1024, RSS_1024)}
 """The worker counts §5 sets CPU and RSS targets for; other sizes are reference figures."""
 
 UNMEASURED = (
-    "daemon restart: exec → first proxied call served p50 ≤ 0.3 s",
     "a shared GPU pool under a bursty demand trace: session starts refused ≤ ⅓ of the best "
     "static split's",
 )
-"""§5 targets no benchmark measures yet (the restart bench times exec → all listed, and the
-restart's 0 failed calls are asserted by tests/test_restart.py, not timed)."""
+"""§5 targets no benchmark measures yet."""
 
 # Rows §5 has no target for, held to the nearest one: not DESIGN's numbers, and marked so.
 PASSTHROUGH_SMALL_ADDED = Target(
