@@ -115,10 +115,14 @@ class Load:
                 await asyncio.sleep(0.05)
 
 
-def stopped(process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> float:
+async def stopped(
+    process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM
+) -> float:
+    """Signal and wait without blocking the event loop: the fake orchestrator runs on it, and
+    a daemon stopping with a call to it in flight would otherwise wait for that call."""
     began = time.monotonic()
     process.send_signal(how)
-    process.wait(20)
+    await asyncio.to_thread(process.wait, 20)
     return time.monotonic() - began
 
 
@@ -153,7 +157,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         async with Load(base, w0, w1) as load:
             await asyncio.sleep(0.5)
             for how in (signal.SIGTERM, signal.SIGKILL):
-                took = stopped(process, how)
+                took = await stopped(process, how)
                 assert took < 2.0, f"{how.name} → exit took {took:.2f} s"
                 process = holder.spawn(env, log=log)
                 await eventually(lambda: ready(base), within=30, what="ready again")
@@ -188,7 +192,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         assert waiter.returncode == 0, out
         await eventually(lambda: not orch.runners, what="every runner unregistered")
         # Kept across a restart until cancelled.
-        stopped(process)
+        await stopped(process)
         process = holder.spawn(env, log=log)
         await eventually(lambda: ready(base), within=30, what="ready again")
         assert all(w["drained_by_operator"] for w in await workers(base))
@@ -197,7 +201,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         await eventually(lambda: len(orch.runners) == 2, what="back in service")
     finally:
         with contextlib.suppress(Exception):
-            stopped(process)
+            await stopped(process)
         holder.close()
         await orch.stop()
         remove_containers(docker_client, instance)
@@ -272,7 +276,7 @@ async def test_an_upgrade_from_the_previous_release_adopts_every_container(
             await eventually(lambda: _all_warm(base, 3), within=60, what="old release warm")
             before = {w["worker_id"]: w["container_id"] for w in await workers(base)}
         finally:
-            stopped(old)
+            await stopped(old)
         new = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "byoc_orch", "run"],
             env=env,
@@ -286,7 +290,7 @@ async def test_an_upgrade_from_the_previous_release_adopts_every_container(
             assert after == before, "every container adopted, none recreated"
             await eventually(lambda: len(orch.runners) == 3, what="runners registered")
         finally:
-            stopped(new)
+            await stopped(new)
     finally:
         await orch.stop()
         remove_containers(docker_client, instance)

@@ -77,6 +77,12 @@ class Reply:
     """What went wrong, without URL credentials or headers; None when an answer came back."""
 
 
+HANDOVER_WAIT = 1.0
+"""Seconds a stop that withdraws nothing waits for the call to go-livepeer in flight: one that
+answers at all answers well within it, and one that does not must not delay the restart (an
+unrecorded first registration is recovered by the next process as a held runner id)."""
+
+
 class Advertiser(abc.ABC):
     """Mirrors the warm set into one outward protocol; built by `build_advertisers`."""
 
@@ -162,7 +168,10 @@ class Advertiser(abc.ABC):
     async def aclose(self, unregister: bool = True, timeout: float = 5.0) -> None:
         """Stop; with `unregister`, withdraw from go-livepeer everything this advertiser put
         there. The call in flight is let finish (so nothing go-livepeer accepted goes unrecorded),
-        and all of it gives up after `timeout` seconds so shutdown is never held hostage."""
+        and all of it gives up after `timeout` seconds so shutdown is never held hostage — after
+        HANDOVER_WAIT when nothing is withdrawn (a restart: the next process takes over)."""
+        if not unregister:
+            timeout = min(timeout, HANDOVER_WAIT)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
