@@ -90,8 +90,19 @@ def live_runner_router(
 
     router = APIRouter()
 
-    @router.api_route(
-        LIVE_RUNNER_HEALTH_ROUTE, methods=["GET", "HEAD"], tags=["live runner"], response_model=None
+    # One route per method, each with its own operation id (one route for both would list the
+    # same id twice in the OpenAPI document).
+    @router.head(
+        LIVE_RUNNER_HEALTH_ROUTE,
+        tags=["live runner"],
+        response_model=None,
+        operation_id="live_runner_health_head",
+    )
+    @router.get(
+        LIVE_RUNNER_HEALTH_ROUTE,
+        tags=["live runner"],
+        response_model=None,
+        operation_id="live_runner_health",
     )
     async def live_runner_health(worker_id: str) -> Any:
         code, body, headers = readiness(status(worker_id), worker_id, reconciled=reconciled())
