@@ -92,7 +92,13 @@ class Worker:
         self.gpus: list[GpuInfo] | None = None
         """The host GPUs its container is given, when known (listed devices, or all)."""
         self.metrics = metrics or Metrics()
+        self.starts = 0
+        """Sessions this worker has taken on, ever (the scaler's arrival rate)."""
+        self.cold_start: float | None = None
+        """Seconds its last launch took from container start to warm, until its entry takes
+        it (`Deployment.worker_changed`)."""
         self._launched_at: float | None = None
+        self._container_started_at: float | None = None
         self._engine = engine
         self._on_change = on_change
         self._probe_timeout = probe_timeout
@@ -182,6 +188,7 @@ class Worker:
     def set_sessions(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""
         if sessions != self.sessions:
+            self.starts += max(sessions - self.sessions, 0)
             self.sessions = sessions
             self.metrics.sessions_active.labels(*self.labels).set(sessions)
             self._publish_soon()
@@ -355,7 +362,12 @@ class Worker:
             State.STARTING,
         ):
             self._launched_at = now
-        elif state is State.WARM and self._launched_at is not None:
+        if state is State.STARTING and before.state is not State.STARTING:
+            self._container_started_at = now
+        if state is State.WARM and self._container_started_at is not None:
+            self.cold_start = max(now - self._container_started_at, 0.0)
+            self._container_started_at = None
+        if state is State.WARM and self._launched_at is not None:
             self.metrics.time_to_warm.labels(*labels).observe(max(now - self._launched_at, 0.0))
             self._launched_at = None
 

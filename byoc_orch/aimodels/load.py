@@ -18,6 +18,7 @@ from byoc_orch.aimodels.entry import ModelEntry
 from byoc_orch.aimodels.entry_checks import check_entry
 from byoc_orch.aimodels.host_access import HOST_PATHS_CONTEXT, HostPaths
 from byoc_orch.aimodels.json_text import decode
+from byoc_orch.aimodels.packing import PoolLayout
 from byoc_orch.aimodels.placement import GpuPool, ReplicaSlot, plan
 from byoc_orch.aimodels.ports import NO_PORTS
 from byoc_orch.aimodels.problems import ModelsFileError, Problem, problem_order
@@ -34,6 +35,8 @@ class ModelsFile:
     warnings: list[Problem] = field(default_factory=list)
     source: str = "aiModels.json"
     replicas: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
+    pool: PoolLayout = field(default_factory=PoolLayout)
+    """The GPU pool replica ranges share at run time (`packing`)."""
 
 
 def load_models(
@@ -44,6 +47,7 @@ def load_models(
     pool_configured: bool = False,
     gpu_inventory: Sequence[GpuInfo] = (),
     engine_socket: str | None = None,
+    gpu_memory_mb: int | None = None,
 ) -> ModelsFile:
     """Read and check aiModels.json and place its replicas; raise ModelsFileError listing every
     problem, and nothing else whatever the file holds. Only a regular file of at most
@@ -58,6 +62,7 @@ def load_models(
         pool_configured=pool_configured,
         gpu_inventory=gpu_inventory,
         engine_socket=engine_socket,
+        gpu_memory_mb=gpu_memory_mb,
     )
 
 
@@ -70,6 +75,7 @@ def parse_models(
     pool_configured: bool = False,
     gpu_inventory: Sequence[GpuInfo] = (),
     engine_socket: str | None = None,
+    gpu_memory_mb: int | None = None,
 ) -> ModelsFile:
     """Check aiModels.json text, then place its replicas; raise ModelsFileError listing every
     problem, and nothing else whatever the text holds.
@@ -111,8 +117,15 @@ def parse_models(
         reserved_ports=reserved_ports,
         pool_configured=pool_configured,
         inventory=gpu_inventory,
+        gpu_memory_mb=gpu_memory_mb,
     )
     warnings = sorted(warnings + placed.warnings, key=problem_order)
     if placed.problems:
         raise ModelsFileError(placed.problems, warnings)
-    return ModelsFile(entries=entries, warnings=warnings, source=source, replicas=placed.slots)
+    return ModelsFile(
+        entries=entries,
+        warnings=warnings,
+        source=source,
+        replicas=placed.slots,
+        pool=placed.pool,
+    )
