@@ -185,7 +185,7 @@ class Autoscaler:
             scale_down_after=d.entry.scale_down_after,
             replicas=len(d.wanted_specs()),
             starting=sum(w.status.state in ON_THE_WAY for w in kept),
-            free=sum(max(w.entry.capacity - w.in_use, 0) for w in kept if w.routable),
+            free=d.free_slots(),
             retiring=len(d.reclaimable()),
             need=replica_need(d.entry),
             arrival_rate=self._arrival_rate(d, now),

@@ -38,6 +38,7 @@ from byoc_orch.engine_events import EngineEvents, EngineReachability
 from byoc_orch.engine_port import ContainerEngine, EventSource
 from byoc_orch.forwarding import Unreachable, WorkerConnections
 from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader
+from byoc_orch.gpu_budget import GpuBudget
 from byoc_orch.http_client import shared_client
 from byoc_orch.live_runner_sessions import LiveRunnerSessions
 from byoc_orch.metrics import Metrics
@@ -238,6 +239,11 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self._timeouts = Timeouts(
             drain=settings.drain_timeout, stop=settings.stop_timeout + settings.docker_timeout
+        )
+        self.gpu_budget = (
+            GpuBudget(settings.gpu_sessions, lambda: self.workers.values())
+            if settings.gpu_sessions is not None
+            else None
         )
         self.autoscaler = Autoscaler(
             deployments=lambda: self.deployments,
@@ -521,6 +527,7 @@ class Daemon:
         )
         if spec is not None and spec.gpus is not None:
             worker.gpus = gpus_given(spec.gpus, self.gpu_inventory)
+        worker.gpu_budget = self.gpu_budget
         self.metrics.set_worker_gpus(entry.pipeline, entry.model_id, str(index), worker.gpus)
         self.workers[worker_id] = worker
         if worker_id in self._drained:
@@ -585,6 +592,16 @@ class Daemon:
 
     def demand_unmet(self, deployment: Deployment) -> None:
         self.autoscaler.nudge()
+
+    def replica_changed(self, worker: Worker) -> None:
+        """A replica's load or state changed: entries sharing its GPUs' session budget
+        advertise again what is left for them."""
+        if self.gpu_budget is None:
+            return
+        for entry_id in self.gpu_budget.neighbours(worker):
+            neighbour = self.deployments.get(entry_id)
+            if neighbour is not None:
+                neighbour.publish()
 
     def target(self, some_id: str) -> Target | None:
         """What `/proxy/<id>` reaches: an entry (routed over its replicas) or one replica."""

@@ -77,6 +77,8 @@ class Host(Protocol):
 
     def demand_unmet(self, deployment: Deployment) -> None: ...
 
+    def replica_changed(self, worker: Worker) -> None: ...
+
     def policy_for(self, entry: ModelEntry) -> Policy: ...
 
     def recover_sessions(self, worker: Worker) -> None: ...
@@ -214,25 +216,46 @@ class Deployment:
 
     def capability(self) -> Capability | None:
         """The entry as advertised now, or None while no replica may take sessions."""
-        routable = [w for w in self.replicas() if w.routable]
-        if not routable:
+        shares = self._taking()
+        if not shares:
             return None
-        return self._advertised(tuple(self._share(w) for w in routable))
+        return self._advertised(tuple(shares))
+
+    def _taking(self) -> list[ReplicaShare]:
+        """The replicas taking sessions, each with the capacity it may advertise: its own, or
+        under a per-GPU session budget its sessions plus the free slots the budget leaves it
+        (`GpuBudget.free_shares`); one left none is not advertised."""
+        routable = [w for w in self.replicas() if w.routable]
+        budget = next((w.gpu_budget for w in routable if w.gpu_budget is not None), None)
+        if budget is None:
+            return [self._share(w) for w in routable]
+        free = budget.free_shares(routable)
+        shares = []
+        for w in routable:
+            capacity = w.in_use + free[w.worker_id]
+            if capacity > 0:
+                shares.append(replace(self._share(w), capacity=capacity))
+        return shares
 
     def runners(self) -> Capability | None:
         """The entry as Live Runner advertises it: a runner per replica taking sessions, and
         one per draining replica still holding some (its capacity those sessions, so the
         registry reserves nothing new on it and releases nothing it holds); None when neither
         is left."""
-        shares = []
+        shares = self._taking()
         for w in self.replicas():
-            if w.routable:
-                shares.append(self._share(w))
-            elif w.status.state is State.WARM and w.sessions_known and w.sessions > 0:
+            if not w.routable and (
+                w.status.state is State.WARM and w.sessions_known and w.sessions > 0
+            ):
                 shares.append(replace(self._share(w), capacity=w.sessions, draining=True))
         if not shares:
             return None
+        shares.sort(key=lambda share: share.index)
         return self._advertised(tuple(shares))
+
+    def free_slots(self) -> int:
+        """Free session slots it offers now (what the scaler holds against the headroom)."""
+        return sum(max(share.capacity - share.in_use, 0) for share in self._taking())
 
     def _share(self, w: Worker) -> ReplicaShare:
         return ReplicaShare(
@@ -313,6 +336,7 @@ class Deployment:
         if worker.cold_start is not None:
             self._note_cold_start(worker, worker.cold_start)
             worker.cold_start = None
+        self._host.replica_changed(worker)
         if before is State.WARM and state is not State.WARM:
             self._host.end_sessions(worker, end_reason(state), worker.status.reason or None)
         if state is State.PULLING:

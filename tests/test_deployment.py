@@ -92,6 +92,9 @@ class Rig:
     def demand_unmet(self, deployment: Deployment) -> None:
         pass
 
+    def replica_changed(self, worker: Worker) -> None:
+        pass
+
     def policy_for(self, entry: ModelEntry) -> Policy:
         return POLICY
 

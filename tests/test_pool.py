@@ -22,7 +22,8 @@ from byoc_orch.settings import Settings
 from byoc_orch.worker import Worker
 from byoc_orch.worker_state import State
 from tests.conftest import Harness, eventually, free_port
-from tests.test_replicas import api, device_ids, replicated, settings_for, start_body
+from tests.fake_livepeer import FakeLivepeer
+from tests.test_replicas import SECRET, api, device_ids, replicated, settings_for, start_body
 
 pytestmark = pytest.mark.engine
 
@@ -311,3 +312,93 @@ async def test_vram_packs_two_entries_on_one_gpu_and_refuses_a_third_that_does_n
         assert "no room for 8000 MiB of one GPU" in detail
         assert "GPU 3: 2000 of 24000 MiB free" in detail
         assert len(kept(daemon, "small")) == 1
+
+
+async def test_a_gpu_session_budget_shared_by_two_entries_is_never_advertised_twice(
+    harness: Harness, instance: str
+) -> None:
+    orch = FakeLivepeer(SECRET, heartbeat_interval=0.2, heartbeat_ttl=5.0)
+    await orch.start()
+    settings = pool_settings(
+        harness,
+        instance,
+        gpu_sessions=2,
+        orch_url=orch.url,
+        orch_secret=SECRET,
+        live_runner_heartbeat=True,
+        register_probe_interval=0.1,
+        register_retry_initial=0.05,
+        register_retry_max=0.2,
+    )
+    # three replicas of capacity 1 packed on GPU 0 (8000 MiB each of 24000), 2 sessions there
+    entries = [
+        ranged(harness, "left", 2, 2, vram_mb=8000),
+        ranged(harness, "right", 1, 1, vram_mb=8000),
+    ]
+    budget = settings.gpu_sessions or 0
+
+    def offered(model_id: str) -> int:
+        capability = daemon.registry.get(deployment_of(daemon, model_id).entry_id)
+        return 0 if capability is None else capability.capacity - capability.in_use
+
+    def runner_capacity(model_id: str) -> int:
+        runners = daemon.runners.get(deployment_of(daemon, model_id).entry_id)
+        return 0 if runners is None else sum(s.capacity - s.in_use for s in runners.replicas)
+
+    violations: list[str] = []
+
+    def check() -> None:
+        in_use = daemon.gpu_budget.in_use("0")  # type: ignore[union-attr]
+        if in_use > budget:
+            violations.append(f"{in_use} sessions on GPU 0")
+        for model_id in ("left", "right"):
+            for name, free in (
+                ("BYOC", offered(model_id)),
+                ("Live Runner", runner_capacity(model_id)),
+            ):
+                if free > budget - in_use:
+                    violations.append(f"{name} {model_id} offers {free} with {in_use} in use")
+
+    try:
+        async with running(settings, entries) as daemon, api(daemon) as client:
+            await warm(daemon, "left", 2)
+            await warm(daemon, "right", 1)
+            placed = [w.spec.gpus for w in kept(daemon, "left") + kept(daemon, "right") if w.spec]
+            assert {g.device_ids for g in placed if g is not None} == {("0",)}
+            # what an advertiser can see: after the change that published, on a later turn
+            loop = asyncio.get_running_loop()
+            daemon.registry.subscribe(lambda change: loop.call_soon(check))
+            daemon.runners.subscribe(lambda change: loop.call_soon(check))
+            # left alone could take 2, right 1: the GPU's budget of 2 is shared
+            assert (offered("left"), offered("right")) == (2, 1)
+            assert (await start(client, daemon, "right", "r-0")).status_code == 200
+            await eventually(lambda: offered("left") == 1, what="left lowered by right's session")
+            await eventually(
+                lambda: orch.capabilities.get("left", {}).get("capacity") == 1,
+                what="left re-registered at go-livepeer with 1",
+            )
+            assert (await start(client, daemon, "left", "l-0")).status_code == 200
+            refused = await start(client, daemon, "left", "l-1")  # the budget is spent
+            assert refused.status_code == 503
+            assert offered("left") == 0 and offered("right") == 0
+
+            async def churn(model_id: str, n: int) -> None:
+                for i in range(n):
+                    reply = await start(client, daemon, model_id, f"{model_id}-c{i}")
+                    if reply.status_code == 200:
+                        await stop(client, daemon, model_id, f"{model_id}-c{i}")
+
+            await stop(client, daemon, "right", "r-0")
+            await stop(client, daemon, "left", "l-0")
+            await asyncio.gather(churn("left", 15), churn("right", 15), churn("left", 15))
+            check()
+            assert violations == [], violations[:6]
+            await eventually(
+                lambda: (offered("left"), offered("right")) == (2, 1), what="all free again"
+            )
+            await eventually(
+                lambda: sorted(r["capacity"] for r in orch.runners.values()) == [1, 1, 1],
+                what="three Live Runner runners of capacity 1",
+            )
+    finally:
+        await orch.stop()
