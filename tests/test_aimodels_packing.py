@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -10,7 +11,9 @@ import pytest
 from byoc_orch.aimodels import ModelsFile, ModelsFileError, parse_models
 from byoc_orch.aimodels.fields import ReplicaRange
 from byoc_orch.aimodels.packing import Claim, Need, PoolGpu, PoolState
+from byoc_orch.console import _print_scaling
 from byoc_orch.gpu import GpuInfo
+from byoc_orch.validate_cmd import describe_entry
 
 POOL = ("0", "1", "2", "3")
 
@@ -229,3 +232,36 @@ def test_adoption_fits_only_where_there_is_room() -> None:
     assert pool.claim("a-r1", "a", Need(1, 20000), devices=("1",)) == ("1",)
     assert pool.claim("b-r0", "b", Need(1, 8000), devices=("1",)) is None
     assert pool.claim("b-r0", "b", Need(1, 8000), devices=("7",)) is None
+
+
+def test_validate_says_where_a_range_goes() -> None:
+    models = load(
+        [entry("a", 8100, replicas={"min": 2, "max": 4}, vram_mb=8000)], gpu_memory_mb=24000
+    )
+    (a,) = models.entries
+    line = describe_entry(0, a, models.replicas[a.worker_id])
+    assert "replicas 2–4 on the pool (ports 127.0.0.1:8100–8103, headroom 1" in line
+    assert "vram_mb=8000); min placed: #0 gpus=[0], #1 gpus=[0]" in line
+
+
+def test_status_shows_a_range_and_its_last_decision() -> None:
+    shown = io.StringIO()
+    _print_scaling(
+        [
+            {
+                "capability": "live-video-to-video/a",
+                "replicas_min": 1,
+                "replicas_max": 3,
+                "replicas_desired": 2,
+                "replicas_running": 2,
+                "replicas_warm": 1,
+                "cold_start_median_s": 12.5,
+                "scale": {"action": "up", "reason": "headroom", "detail": "0 free warm slots"},
+            }
+        ],
+        shown,
+    )
+    text = shown.getvalue()
+    assert "1/3/2/2/1" in text
+    assert "12.5 s (> 10 s)" in text
+    assert "up (headroom): 0 free warm slots" in text
