@@ -39,8 +39,9 @@ from byoc_orch.worker_state import State
 
 log = structlog.get_logger("byoc_orch.autoscaler")
 
-ARRIVAL_WINDOW = 30.0
-"""Seconds over which the arrival rate of session starts is measured."""
+ARRIVAL_WINDOW = 10.0
+"""Seconds over which the arrival rate of session starts (taken or refused) is measured: short,
+so a burst raises the headroom while it is still beginning."""
 ON_THE_WAY = frozenset({State.COLD, State.PULLING, State.STARTING})
 
 

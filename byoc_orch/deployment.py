@@ -149,6 +149,7 @@ class Deployment:
         """Of those, the ones empty and being stopped: too late to take back."""
         self._cold_starts: deque[float] = deque(maxlen=COLD_START_SAMPLES)
         self._starts_gone = 0
+        self._unmet = 0
         self.last_scale: dict[str, Any] | None = None
         """The scaler's last decision on this entry, with its reason (for /entries)."""
         self.pool_full = False
@@ -193,6 +194,7 @@ class Deployment:
 
     def demand_unmet(self) -> None:
         """A start found every replica full: a replica range looks at its demand at once."""
+        self._unmet += 1
         if self.entry.ranged:
             self._host.demand_unmet(self)
 
@@ -200,8 +202,9 @@ class Deployment:
         return sorted(i for i in self._retiring if i not in self._stopping)
 
     def starts_total(self) -> int:
-        """Sessions its replicas have taken on, ever (removed replicas' included)."""
-        return self._starts_gone + sum(w.starts for w in self.workers.values())
+        """Session starts asked of it, ever: those its replicas took (removed replicas'
+        included) and those refused as full — demand, not only what was served."""
+        return self._unmet + self._starts_gone + sum(w.starts for w in self.workers.values())
 
     def cold_start_median(self) -> float | None:
         """Median seconds from container start to warm over the last launches."""

@@ -6,17 +6,20 @@ The rules (README "Using all your GPUs" tells them to operators):
 
 - **Up.** An entry below its ``min`` gets replicas at once (``below_min``). An entry whose free
   warm slots, counting the slots of replicas still starting, fall below its headroom gets one
-  more replica (``headroom``) while it is under ``max`` and the pool has room. Its headroom is
-  the configured one or, when larger, the sessions expected to arrive while a replica starts
-  (the recent arrival rate × the measured cold start), so a replica is warm before the headroom
-  runs out. A replica being drained away is taken back first: it is warm already.
+  more replica (``headroom``) while it is under ``max`` and the pool has room. The headroom it
+  keeps is the configured one plus the sessions expected to arrive while a replica starts (the
+  recent arrival rate of starts, taken or refused, × the measured cold start, rounded up), so
+  the configured headroom is still there when the replica started for it is warm. A replica
+  being drained away is taken back first: it is warm already.
 - **The last GPU.** Entries wanting a replica are served one replica at a time: below-min
   entries first, then the one with the least free headroom (free slots minus the headroom it
   wants), then file order. One that does not fit gets ``no_gpu``; others whose replicas need
   less may still fit.
 - **Down.** An entry with at least headroom + one replica's capacity free (so the headroom
   holds without that replica), nothing starting, and more than ``min`` replicas, retires one
-  once that has lasted ``scale_down_after`` seconds (``idle``); the wait then starts over. An
+  once that has lasted ``scale_down_after`` seconds (``idle``), and one more at each later look
+  while it still holds without the replicas already draining away: a spell of idleness ends in
+  one go, but never takes the headroom with it. An
   entry above its ``max`` (a reload lowered it) retires at once (``above_max``).
 """
 
@@ -76,12 +79,12 @@ class Demand:
     """Median seconds from container start to warm, when measured."""
 
     def wanted_headroom(self) -> int:
-        """The configured headroom, or what arrives while a replica starts if that is more;
-        never more than ``max`` replicas could hold."""
+        """The configured headroom plus what arrives while a replica starts; never more than
+        ``max`` replicas could hold."""
         expected = 0
         if self.cold_start is not None and self.arrival_rate > 0:
             expected = math.ceil(self.arrival_rate * self.cold_start)
-        return min(max(self.headroom, expected), self.max * self.capacity)
+        return min(self.headroom + expected, self.max * self.capacity)
 
     def expected_free(self) -> int:
         return self.free + self.starting * self.capacity
@@ -189,7 +192,6 @@ class Scaler:
         since = self._surplus_since.setdefault(d.entry_id, now)
         if now - since < d.scale_down_after:
             return None
-        self._surplus_since[d.entry_id] = now
         return Decision(
             d.entry_id,
             Action.DOWN,

@@ -67,8 +67,9 @@ def test_a_burst_wants_several_replicas_in_one_step() -> None:
 
 def test_the_arrival_rate_times_the_cold_start_raises_the_headroom() -> None:
     busy = demand("a", free=1, arrival_rate=0.5, cold_start=6.0)
-    assert busy.wanted_headroom() == 3
-    assert [d.action for d in Scaler().step(0.0, [busy], pool(3))] == [Action.UP, Action.UP]
+    assert busy.wanted_headroom() == 4  # 1 configured + 3 expected while one starts
+    assert [d.action for d in Scaler().step(0.0, [busy], pool(3))] == [Action.UP] * 3
+    assert demand("a", max=2, arrival_rate=9, cold_start=9).wanted_headroom() == 2
 
 
 def test_a_surplus_retires_one_replica_only_after_the_delay() -> None:
@@ -78,9 +79,12 @@ def test_a_surplus_retires_one_replica_only_after_the_delay() -> None:
     assert scaler.step(9.9, [idle], pool(1)) == []
     (decision,) = scaler.step(10.0, [idle], pool(1))
     assert (decision.action, decision.reason) == (Action.DOWN, Reason.IDLE)
-    # the wait starts over for the next one
-    assert scaler.step(15.0, [replace(idle, replicas=2, free=2)], pool(2)) == []
-    assert scaler.step(20.0, [replace(idle, replicas=2, free=2)], pool(2))[0].action is Action.DOWN
+    # the spell goes on: the next look retires another while the headroom still holds
+    assert scaler.step(10.5, [replace(idle, replicas=2, free=2)], pool(2))[0].action is Action.DOWN
+    # a look where it does not hold ends the spell, and the wait starts over
+    assert scaler.step(11.0, [replace(idle, replicas=2, free=1)], pool(2)) == []
+    assert scaler.step(12.0, [replace(idle, replicas=2, free=2)], pool(2)) == []
+    assert scaler.step(22.0, [replace(idle, replicas=2, free=2)], pool(2))[0].action is Action.DOWN
 
 
 def test_a_surplus_that_ends_restarts_the_wait() -> None:

@@ -16,7 +16,9 @@ replicas beside 1, the capability staying listed through a rolling replacement o
 (the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
 small-request added latency; 32 concurrent clients beside direct), `live_runner` (sessions
 made through the fake registry: a worker's end released there, a release there stopped here,
-a rolling replacement cutting none, a call through the registry's proxy beside direct).
+a rolling replacement cutting none, a call through the registry's proxy beside direct), `pool`
+(a seeded bursty trace of three models on 4 pretend GPUs, the best static split beside replicas
+following demand: refused starts, idle replica-seconds, decision → new replica warm).
 `python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
@@ -49,6 +51,7 @@ from tests.bench.common import (
 )
 from tests.bench.crash import crash, healthy
 from tests.bench.live_runner import live_runner
+from tests.bench.pool import pool
 from tests.bench.proxy import proxy
 from tests.bench.pulls import pulls
 from tests.bench.replicas import replicas
@@ -65,6 +68,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "replicas": replicas,
     "batch": batch,
     "live_runner": live_runner,
+    "pool": pool,
 }
 
 
