@@ -103,6 +103,7 @@ class Autoscaler:
         self._clock = clock
         self._wake = asyncio.Event()
         self._arrivals: dict[str, deque[tuple[float, int]]] = {}
+        self._unmet_seen: dict[str, int] = {}
         self._refusing: dict[str, str] = {}
         """Entries whose last look ended in no_gpu, with its detail (logged once a spell)."""
         self.stopped = False
@@ -153,6 +154,8 @@ class Autoscaler:
         order = {entry_id: i for i, entry_id in enumerate(self._deployments())}
         active = [d for d in self._ranged() if d.entry.warm and not d.busy]
         demands = [self._demand(d, order[d.entry_id], now) for d in active]
+        for d in active:
+            self._unmet_seen[d.entry_id] = d.unmet
         decisions = self.scaler.step(now, demands, self.pool())
         by_id = {d.entry_id: d for d in active}
         refusing: dict[str, str] = {}
@@ -191,15 +194,18 @@ class Autoscaler:
             need=replica_need(d.entry),
             arrival_rate=self._arrival_rate(d, now),
             cold_start=d.cold_start_median(),
+            refused=d.unmet - self._unmet_seen.get(d.entry_id, 0),
         )
 
     def _arrival_rate(self, d: Deployment, now: float) -> float:
+        """Starts per second over the last ARRIVAL_WINDOW (over the whole window even before
+        it has passed, so a daemon just started does not read one start as a burst)."""
         seen = self._arrivals.setdefault(d.entry_id, deque())
         seen.append((now, d.starts_total()))
         while len(seen) > 2 and now - seen[1][0] >= ARRIVAL_WINDOW:
             seen.popleft()
-        (first, before), (_, after) = seen[0], seen[-1]
-        return (after - before) / (now - first) if now > first else 0.0
+        (_, before), (_, after) = seen[0], seen[-1]
+        return (after - before) / ARRIVAL_WINDOW
 
     # -- acting ---------------------------------------------------------------------------------
 
@@ -254,6 +260,7 @@ class Autoscaler:
     def forget(self, entry_id: str) -> None:
         self.scaler.forget(entry_id)
         self._arrivals.pop(entry_id, None)
+        self._unmet_seen.pop(entry_id, None)
         self._refusing.pop(entry_id, None)
 
 

@@ -493,7 +493,9 @@ class Daemon:
 
     def _deploy(self, wanted: Wanted) -> Deployment:
         entry = wanted.entry
-        self.metrics.add_entry(entry.pipeline, entry.model_id, len(wanted.specs))
+        self.metrics.add_entry(
+            entry.pipeline, entry.model_id, len(wanted.specs), managed=entry.managed
+        )
         deployment = Deployment(
             entry, wanted.specs, self, timeouts=self._timeouts, clock=self._clock
         )

@@ -198,6 +198,11 @@ class Deployment:
         if self.entry.ranged:
             self._host.demand_unmet(self)
 
+    @property
+    def unmet(self) -> int:
+        """Starts refused as full, ever."""
+        return self._unmet
+
     def reclaimable(self) -> list[int]:
         return sorted(i for i in self._retiring if i not in self._stopping)
 

@@ -43,6 +43,8 @@ WORKER_STATES = tuple(str(state) for state in State)
 PROBE_FAILURE_REASONS = tuple(str(failure) for failure in ProbeFailure)
 SESSION_END_REASONS = tuple(str(reason) for reason in EndReason)
 START_REFUSALS = ("not_warm", "full", "no_gpu")
+EXTERNAL_REFUSALS = ("not_warm", "full")
+"""An external entry has no GPU pool: its series are not made for `no_gpu` (1,024 entries)."""
 SCALE_ACTIONS = ("up", "reclaim", "down", "no_gpu")
 SCALE_REASONS = ("below_min", "headroom", "idle", "above_max")
 LIVE_RUNNER_WHERE = ("both", "orchestrator_only", "byoc_orch_only")
@@ -278,15 +280,18 @@ class Metrics:
             for status_class in STATUS_CLASSES:
                 self.proxy_duration.labels(route, status_class)
 
-    def add_entry(self, pipeline: str, model_id: str, replicas: int) -> None:
+    def add_entry(
+        self, pipeline: str, model_id: str, replicas: int, *, managed: bool = True
+    ) -> None:
         """Create an entry's series at zero so dashboards see it before anything happens."""
         self.entry_replicas.labels(pipeline, model_id).set(replicas)
         self.capability_capacity.labels(pipeline, model_id)
         self.sessions_started.labels(pipeline, model_id)
-        self.entry_replicas_running.labels(pipeline, model_id)
+        if managed:
+            self.entry_replicas_running.labels(pipeline, model_id)
         for reason in SESSION_END_REASONS:
             self.sessions_ended.labels(pipeline, model_id, reason)
-        for reason in START_REFUSALS:
+        for reason in START_REFUSALS if managed else EXTERNAL_REFUSALS:
             self.session_starts_refused.labels(pipeline, model_id, reason)
             self.requests_refused.labels(pipeline, model_id, reason)
         for where in LIVE_RUNNER_WHERE:

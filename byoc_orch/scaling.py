@@ -8,8 +8,9 @@ The rules (README "Using all your GPUs" tells them to operators):
   warm slots, counting the slots of replicas still starting, fall below its headroom gets one
   more replica (``headroom``) while it is under ``max`` and the pool has room. The headroom it
   keeps is the configured one plus the sessions expected to arrive while a replica starts (the
-  recent arrival rate of starts, taken or refused, × the measured cold start, rounded up), so
-  the configured headroom is still there when the replica started for it is warm. A replica
+  recent arrival rate of starts, taken or refused, × the measured cold start, rounded), so
+  the configured headroom is still there when the replica started for it is warm; a start
+  refused as full wants one more slot even with headroom 0. A replica
   being drained away is taken back first: it is warm already.
 - **The last GPU.** Entries wanting a replica are served one replica at a time: below-min
   entries first, then the one with the least free headroom (free slots minus the headroom it
@@ -77,14 +78,18 @@ class Demand:
     """Session starts per second, lately."""
     cold_start: float | None = None
     """Median seconds from container start to warm, when measured."""
+    refused: int = 0
+    """Session starts refused as full since the last look."""
 
     def wanted_headroom(self) -> int:
-        """The configured headroom plus what arrives while a replica starts; never more than
+        """The configured headroom plus what arrives while a replica starts (at least one slot
+        once a start was refused for want of one, even with headroom 0); never more than
         ``max`` replicas could hold."""
         expected = 0
         if self.cold_start is not None and self.arrival_rate > 0:
-            expected = math.ceil(self.arrival_rate * self.cold_start)
-        return min(self.headroom + expected, self.max * self.capacity)
+            expected = math.floor(self.arrival_rate * self.cold_start + 0.5)
+        wanted = max(self.headroom + expected, 1 if self.refused else 0)
+        return min(wanted, self.max * self.capacity)
 
     def expected_free(self) -> int:
         return self.free + self.starting * self.capacity

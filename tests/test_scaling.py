@@ -168,3 +168,9 @@ def test_a_smaller_replica_still_fits_where_a_whole_gpu_does_not() -> None:
         ("a", Action.NO_GPU, ()),
         ("b", Action.UP, ("0",)),
     ]
+
+
+def test_a_refused_start_brings_a_replica_even_with_headroom_0() -> None:
+    assert Scaler().step(0.0, [demand("a", headroom=0, free=0)], pool(3)) == []
+    (decision,) = Scaler().step(0.0, [demand("a", headroom=0, free=0, refused=1)], pool(3))
+    assert decision.action is Action.UP
