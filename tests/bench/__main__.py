@@ -11,7 +11,7 @@ Benchmarks (DESIGN.md §5; each module's docstring says how it measures): `pulls
 one image → one pull), `healthy` (first healthy → listed), `crash` (SIGKILL → withdrawn, beside
 go-livepeer's 5 s × 2 polling), `restart` (adoption beside recreate-everything, N = 1, 4, 8),
 `proxy` (session start/stop through byoc-orch beside direct), `scale` (CPU and RSS polling
-32/128/256 external workers), `replicas` (8 replicas → one pull, session routing over 8
+32/128/256/1,024 external workers), `replicas` (8 replicas → one pull, session routing over 8
 replicas beside 1, the capability staying listed through a rolling replacement of 4), `batch`
 (the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
 small-request added latency; 32 concurrent clients beside direct), `live_runner` (sessions
