@@ -133,6 +133,7 @@ def _print_status(
             rows.append(_replica_row(worker))
     _table(rows, out)
     _print_runners(entries, out)
+    _print_scaling(entries, out)
     for entry in entries:
         for worker in entry["replica_status"]:
             crash = worker.get("last_failure_log")
@@ -169,6 +170,35 @@ def _print_runners(entries: list[dict[str, Any]], out: TextIO) -> None:
     if rows:
         print("\nLive Runner", file=out)
         _table([("REPLICA", "RUNNER ID", "RUNNER", "SESSIONS"), *rows], out)
+
+
+def _print_scaling(entries: list[dict[str, Any]], out: TextIO) -> None:
+    """Replica ranges: min / max / desired / running / warm, the measured cold start and the
+    last scale decision with its reason."""
+    rows: list[tuple[str, ...]] = []
+    for entry in entries:
+        if entry.get("scale") is None and entry.get("replicas_min") == entry.get("replicas_max"):
+            continue
+        counts = "/".join(
+            str(entry.get(key, "?"))
+            for key in (
+                "replicas_min",
+                "replicas_max",
+                "replicas_desired",
+                "replicas_running",
+                "replicas_warm",
+            )
+        )
+        cold = entry.get("cold_start_median_s")
+        scale = entry.get("scale") or {}
+        last = f"{scale['action']} ({scale['reason']}): {scale['detail']}" if scale else "-"
+        shown_cold = "-" if cold is None else f"{cold:.1f} s" + (" (> 10 s)" if cold > 10 else "")
+        rows.append((entry["capability"], counts, shown_cold, last[:120]))
+    if rows:
+        print("\nReplica ranges", file=out)
+        _table(
+            [("ENTRY", "MIN/MAX/DESIRED/RUNNING/WARM", "COLD START", "LAST DECISION"), *rows], out
+        )
 
 
 def _replica_row(worker: dict[str, Any]) -> tuple[str, ...]:

@@ -38,6 +38,8 @@ LABEL_MODEL_ID = "byoc-orch.model-id"
 LABEL_SPEC_HASH = "byoc-orch.spec-hash"
 LABEL_ENTRY = "byoc-orch.entry-id"
 LABEL_REPLICA = "byoc-orch.replica"
+LABEL_GPUS = "byoc-orch.gpus"
+"""A ranged replica's devices (comma-separated), so a restart adopts it onto the GPUs it had."""
 MANAGED_BY = "byoc-orch"
 SPEC_VERSION = "1"
 
@@ -172,6 +174,8 @@ def build_container_spec(
         LABEL_MODEL_ID: entry.model_id,
         LABEL_SPEC_HASH: digest,
     }
+    if entry.ranged:
+        labels[LABEL_GPUS] = ",".join(gpus.device_ids) if gpus is not None else ""
     return ContainerSpec(
         name=container_name(instance, worker),
         worker_id=worker,

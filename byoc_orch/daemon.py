@@ -28,15 +28,17 @@ from byoc_orch.aimodels import ModelEntry, ModelsFile, ModelsFileError, Problem
 from byoc_orch.aimodels.devices import gpu_request_warnings, gpus_given
 from byoc_orch.aimodels.host import ModelsLoader
 from byoc_orch.auth import Guard
+from byoc_orch.autoscaler import Autoscaler, adoptable, slot_for
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
 from byoc_orch.dangling import DanglingSweeper
-from byoc_orch.deployment import Deployment, Specs, Timeouts
+from byoc_orch.deployment import Deployment, Timeouts
 from byoc_orch.engine import Engine, EngineError
 from byoc_orch.engine_events import EngineEvents, EngineReachability
 from byoc_orch.engine_port import ContainerEngine, EventSource
 from byoc_orch.forwarding import Unreachable, WorkerConnections
 from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader
+from byoc_orch.gpu_budget import GpuBudget
 from byoc_orch.http_client import shared_client
 from byoc_orch.live_runner_sessions import LiveRunnerSessions
 from byoc_orch.metrics import Metrics
@@ -89,7 +91,7 @@ class Wanted:
     """What one entry of a loaded aiModels.json asks to run."""
 
     entry: ModelEntry
-    specs: Specs
+    specs: dict[int, ContainerSpec | None]
 
     @property
     def running(self) -> Running:
@@ -241,6 +243,19 @@ class Daemon:
         self._timeouts = Timeouts(
             drain=settings.drain_timeout, stop=settings.stop_timeout + settings.docker_timeout
         )
+        self.gpu_budget = (
+            GpuBudget(settings.gpu_sessions, lambda: self.workers.values())
+            if settings.gpu_sessions is not None
+            else None
+        )
+        self.autoscaler = Autoscaler(
+            deployments=lambda: self.deployments,
+            layout=models.pool,
+            instance=settings.instance,
+            metrics=self.metrics,
+            interval=settings.scale_interval,
+            clock=clock,
+        )
 
     @property
     def engine_up(self) -> bool | None:
@@ -274,6 +289,11 @@ class Daemon:
             containers = await self.engine.list_containers()
         else:
             containers = []
+        pool = self.autoscaler.layout.state()
+        for each in managed:
+            if each.entry.ranged and each.entry.warm:
+                found = adoptable(each.entry, self.settings.instance, containers, pool)
+                each.specs.update(found)
         hashes = {
             spec.worker_id: spec.spec_hash
             for w in managed
@@ -292,6 +312,8 @@ class Daemon:
                 )
         for each in wanted.values():
             self._deploy(each).start(the_plan.adopt)
+        self.autoscaler.step()  # replica ranges: their minimum, on the pool
+        self._spawn_background(self.autoscaler.run(), "autoscaler")
         self.adopted = sorted(the_plan.adopt)
         for worker_id in set(self.workers) - set(the_plan.adopt):
             self.live_runner_sessions.forget_restored(worker_id)  # a new container runs nothing
@@ -368,6 +390,7 @@ class Daemon:
         """Withdraw every capability first, then stop following workers; by default the
         containers keep running so the next start adopts them."""
         self.ready = False
+        self.autoscaler.stopped = True
         if self.settings.stop_containers_on_exit:
             await self._drain_for_exit()
         halted = [task for d in self.deployments.values() for task in d.halt()]
@@ -441,6 +464,8 @@ class Daemon:
             specs: dict[int, ContainerSpec | None]
             if not entry.managed:
                 specs = {0: None}
+            elif entry.ranged:
+                specs = dict(self._ranged_specs(entry))
             else:
                 slots = models.replicas.get(entry.worker_id) or (None,)
                 specs = {}
@@ -450,9 +475,30 @@ class Daemon:
             wanted[entry.worker_id] = Wanted(entry, specs)
         return wanted
 
+    def _ranged_specs(self, entry: ModelEntry) -> dict[int, ContainerSpec | None]:
+        """A replica range's containers: those it runs now (a reload rebuilds them on the
+        GPUs they have, so only a change of the container itself replaces them; a lower max
+        leaves the scaler to drain the replicas above it away, never cutting a session), none
+        for a new entry; the scaler starts its minimum and places each on the pool."""
+        running = self.deployments.get(entry.worker_id)
+        replica_range = entry.replica_range
+        if running is None or not running.entry.managed or replica_range is None:
+            return {}
+        specs: dict[int, ContainerSpec | None] = {}
+        for index, spec in running.wanted_specs().items():
+            if spec is None:
+                continue
+            devices = spec.gpus.device_ids if spec.gpus is not None else ()
+            specs[index] = build_container_spec(
+                entry, self.settings.instance, slot_for(entry, index, devices)
+            )
+        return specs
+
     def _deploy(self, wanted: Wanted) -> Deployment:
         entry = wanted.entry
-        self.metrics.add_entry(entry.pipeline, entry.model_id, len(wanted.specs))
+        self.metrics.add_entry(
+            entry.pipeline, entry.model_id, len(wanted.specs), managed=entry.managed
+        )
         deployment = Deployment(
             entry, wanted.specs, self, timeouts=self._timeouts, clock=self._clock
         )
@@ -486,6 +532,7 @@ class Daemon:
         )
         if spec is not None and spec.gpus is not None:
             worker.gpus = gpus_given(spec.gpus, self.gpu_inventory)
+        worker.gpu_budget = self.gpu_budget
         self.metrics.set_worker_gpus(entry.pipeline, entry.model_id, str(index), worker.gpus)
         self.workers[worker_id] = worker
         if worker_id in self._drained:
@@ -545,6 +592,22 @@ class Daemon:
     def capacity_changed(self, entry: ModelEntry, capacity: int) -> None:
         self.metrics.capability_capacity.labels(entry.pipeline, entry.model_id).set(capacity)
 
+    def cold_start_measured(self, entry: ModelEntry, median: float) -> None:
+        self.metrics.entry_cold_start.labels(entry.pipeline, entry.model_id).set(median)
+
+    def demand_unmet(self, deployment: Deployment) -> None:
+        self.autoscaler.nudge()
+
+    def replica_changed(self, worker: Worker) -> None:
+        """A replica's load or state changed: entries sharing its GPUs' session budget
+        advertise again what is left for them."""
+        if self.gpu_budget is None:
+            return
+        for entry_id in self.gpu_budget.neighbours(worker):
+            neighbour = self.deployments.get(entry_id)
+            if neighbour is not None:
+                neighbour.publish()
+
     def target(self, some_id: str) -> Target | None:
         """What `/proxy/<id>` reaches: an entry (routed over its replicas) or one replica."""
         deployment = self.deployments.get(some_id)
@@ -600,7 +663,7 @@ class Daemon:
 
     def _plan(self, wanted: dict[str, Wanted]) -> ReloadPlan:
         current = {
-            entry_id: Wanted(d.entry, d.wanted_specs()).running
+            entry_id: Wanted(d.entry, dict(d.wanted_specs())).running
             for entry_id, d in self.deployments.items()
         }
         return plan_reload(current, {k: w.running for k, w in wanted.items()})
@@ -619,6 +682,7 @@ class Daemon:
         for entry_id in the_plan.remove:
             gone = self.deployments.pop(entry_id)
             self.metrics.remove_entry(gone.entry.pipeline, gone.entry.model_id)
+            self.autoscaler.forget(entry_id)
         for entry_id in the_plan.update:
             self.deployments[entry_id].update(wanted[entry_id].entry)
         for entry_id in the_plan.replace:
@@ -631,6 +695,8 @@ class Daemon:
             self._deploy(wanted[entry_id]).start({})
         self.deployments = {entry_id: self.deployments[entry_id] for entry_id in wanted}
         self.models = models
+        self.autoscaler.layout = models.pool
+        self.autoscaler.step()
         return the_plan
 
     def _note_config_applied(self) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -40,6 +42,14 @@ Specs = Mapping[int, ContainerSpec | None]
 SETTLED = frozenset({State.WARM, State.BACKOFF, State.FAILED, State.STOPPED})
 """States a new replica can rest in; only WARM lets a rollout go on."""
 
+COLD_START_SAMPLES = 9
+"""Launches the cold-start median is taken over."""
+COLD_START_RULE = 10.0
+"""The network's rule: a worker slower than this to serve is deprioritised."""
+WITH_CONTAINER = frozenset(
+    {State.PULLING, State.STARTING, State.WARM, State.UNHEALTHY, State.STOPPING}
+)
+
 
 class Host(Protocol):
     """What an entry needs from the daemon that runs it."""
@@ -62,6 +72,12 @@ class Host(Protocol):
     def entry_url(self, entry_id: str) -> str: ...
 
     def capacity_changed(self, entry: ModelEntry, capacity: int) -> None: ...
+
+    def cold_start_measured(self, entry: ModelEntry, median: float) -> None: ...
+
+    def demand_unmet(self, deployment: Deployment) -> None: ...
+
+    def replica_changed(self, worker: Worker) -> None: ...
 
     def policy_for(self, entry: ModelEntry) -> Policy: ...
 
@@ -127,6 +143,17 @@ class Deployment:
         self._last_state: dict[str, State] = {}
         self._task: asyncio.Task[None] | None = None
         self._current_step: asyncio.Task[None] | None = None
+        self._retiring: dict[int, asyncio.Task[None]] = {}
+        """Replicas a replica range is draining away, by index, until they are gone."""
+        self._stopping: set[int] = set()
+        """Of those, the ones empty and being stopped: too late to take back."""
+        self._cold_starts: deque[float] = deque(maxlen=COLD_START_SAMPLES)
+        self._starts_gone = 0
+        self._unmet = 0
+        self.last_scale: dict[str, Any] | None = None
+        """The scaler's last decision on this entry, with its reason (for /entries)."""
+        self.pool_full = False
+        """A replica is wanted but the pool has no room: a refused start is `no_gpu`."""
         self._log = log.bind(
             entry_id=self.entry_id, pipeline=entry.pipeline, model_id=entry.model_id
         )
@@ -144,6 +171,52 @@ class Deployment:
     def replicas(self) -> list[Worker]:
         return [self.workers[index] for index in sorted(self.workers)]
 
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(min, max) replicas: the range, or the fixed count for both."""
+        replica_range = self.entry.replica_range
+        if replica_range is not None:
+            return replica_range.min, replica_range.max
+        return len(self._specs), len(self._specs)
+
+    def running(self) -> int:
+        """Replicas with a container now, those being drained away included."""
+        return sum(w.status.state in WITH_CONTAINER for w in self.workers.values())
+
+    @property
+    def busy(self) -> bool:
+        """A rollout is changing the replicas: the scaler leaves the entry alone meanwhile."""
+        return self._task is not None
+
+    def kept(self) -> list[Worker]:
+        """The replicas the entry means to keep (not those being drained away)."""
+        return [w for i, w in sorted(self.workers.items()) if i in self._specs]
+
+    def demand_unmet(self) -> None:
+        """A start found every replica full: a replica range looks at its demand at once."""
+        self._unmet += 1
+        if self.entry.ranged:
+            self._host.demand_unmet(self)
+
+    @property
+    def unmet(self) -> int:
+        """Starts refused as full, ever."""
+        return self._unmet
+
+    def reclaimable(self) -> list[int]:
+        return sorted(i for i in self._retiring if i not in self._stopping)
+
+    def starts_total(self) -> int:
+        """Session starts asked of it, ever: those its replicas took (removed replicas'
+        included) and those refused as full — demand, not only what was served."""
+        return self._unmet + self._starts_gone + sum(w.starts for w in self.workers.values())
+
+    def cold_start_median(self) -> float | None:
+        """Median seconds from container start to warm over the last launches."""
+        if not self._cold_starts:
+            return None
+        return round(statistics.median(self._cold_starts), 3)
+
     def loads(self, only: Worker | None = None) -> list[ReplicaLoad]:
         """Routing's view of the replicas (or of one of them)."""
         chosen = [only] if only is not None else self.replicas()
@@ -151,25 +224,46 @@ class Deployment:
 
     def capability(self) -> Capability | None:
         """The entry as advertised now, or None while no replica may take sessions."""
-        routable = [w for w in self.replicas() if w.routable]
-        if not routable:
+        shares = self._taking()
+        if not shares:
             return None
-        return self._advertised(tuple(self._share(w) for w in routable))
+        return self._advertised(tuple(shares))
+
+    def _taking(self) -> list[ReplicaShare]:
+        """The replicas taking sessions, each with the capacity it may advertise: its own, or
+        under a per-GPU session budget its sessions plus the free slots the budget leaves it
+        (`GpuBudget.free_shares`); one left none is not advertised."""
+        routable = [w for w in self.replicas() if w.routable]
+        budget = next((w.gpu_budget for w in routable if w.gpu_budget is not None), None)
+        if budget is None:
+            return [self._share(w) for w in routable]
+        free = budget.free_shares(routable)
+        shares = []
+        for w in routable:
+            capacity = w.in_use + free[w.worker_id]
+            if capacity > 0:
+                shares.append(replace(self._share(w), capacity=capacity))
+        return shares
 
     def runners(self) -> Capability | None:
         """The entry as Live Runner advertises it: a runner per replica taking sessions, and
         one per draining replica still holding some (its capacity those sessions, so the
         registry reserves nothing new on it and releases nothing it holds); None when neither
         is left."""
-        shares = []
+        shares = self._taking()
         for w in self.replicas():
-            if w.routable:
-                shares.append(self._share(w))
-            elif w.status.state is State.WARM and w.sessions_known and w.sessions > 0:
+            if not w.routable and (
+                w.status.state is State.WARM and w.sessions_known and w.sessions > 0
+            ):
                 shares.append(replace(self._share(w), capacity=w.sessions, draining=True))
         if not shares:
             return None
+        shares.sort(key=lambda share: share.index)
         return self._advertised(tuple(shares))
+
+    def free_slots(self) -> int:
+        """Free session slots it offers now (what the scaler holds against the headroom)."""
+        return sum(max(share.capacity - share.in_use, 0) for share in self._taking())
 
     def _share(self, w: Worker) -> ReplicaShare:
         return ReplicaShare(
@@ -210,6 +304,14 @@ class Deployment:
             "warm": capability is not None,
             "replicas_wanted": len(self._specs),
             "replicas_warm": sum(w.status.state is State.WARM for w in replicas),
+            "replicas_min": self.bounds[0],
+            "replicas_max": self.bounds[1],
+            "replicas_desired": len(self._specs),
+            "replicas_running": self.running(),
+            "replicas_retiring": len(self._retiring),
+            "scale": self.last_scale,
+            "cold_start_median_s": self.cold_start_median(),
+            "cold_start_samples": len(self._cold_starts),
             "capacity": capability.capacity if capability else 0,
             "in_use": capability.in_use if capability else 0,
             "rollout": self.rollout.describe() if self.rollout else None,
@@ -239,6 +341,10 @@ class Deployment:
         state = worker.status.state
         before = self._last_state.get(worker.worker_id)
         self._last_state[worker.worker_id] = state
+        if worker.cold_start is not None:
+            self._note_cold_start(worker, worker.cold_start)
+            worker.cold_start = None
+        self._host.replica_changed(worker)
         if before is State.WARM and state is not State.WARM:
             self._host.end_sessions(worker, end_reason(state), worker.status.reason or None)
         if state is State.PULLING:
@@ -249,6 +355,18 @@ class Deployment:
             elif worker.sessions and worker.reports_idle:
                 self._host.worker_idle(worker)
         self.publish()
+
+    def _note_cold_start(self, worker: Worker, seconds: float) -> None:
+        self._cold_starts.append(seconds)
+        median = self.cold_start_median()
+        self._host.cold_start_measured(self.entry, median or 0.0)
+        if seconds > COLD_START_RULE:
+            self._log.warning(
+                "cold start slower than the network's 10 s rule",
+                worker_id=worker.worker_id,
+                seconds=round(seconds, 2),
+                median=median,
+            )
 
     def publish(self) -> None:
         runners = self.runners()
@@ -275,6 +393,9 @@ class Deployment:
         if self._task is not None:
             self._task.cancel()
             tasks.append(self._task)
+        for task in self._retiring.values():
+            task.cancel()
+            tasks.append(task)
         for worker in self.workers.values():
             tasks += worker.halt()
         return tasks
@@ -296,6 +417,7 @@ class Deployment:
         in the background, one replica at a time, and this returns at once.
         """
         await self._cancel_rollout()
+        await self._settle_retiring()
         old_entry = self.entry
         self.entry, self._specs = entry, dict(specs)
         changed = sorted(
@@ -326,6 +448,7 @@ class Deployment:
         """The entry is going away: replicas drain first (replicated entries only, bounded by
         the drain timeout), then every container stops."""
         await self._cancel_rollout()
+        await self._settle_retiring()
         workers = self.replicas()
         if self.entry.replicated:
             await asyncio.gather(*(self._drain(w) for w in workers))
@@ -377,6 +500,62 @@ class Deployment:
             self._log.info("rollout done", replicas=len(self.workers))
         finally:
             self._task = None
+
+    # -- replica ranges (the scaler's hands) -----------------------------------------------------
+
+    def scale_up(self, index: int, spec: ContainerSpec) -> Worker:
+        """Start one more replica, at `index` with `spec` (its port and placed GPUs)."""
+        self._specs[index] = spec
+        worker = self._add(index, spec, self.entry, launch=True)
+        self.publish()
+        return worker
+
+    def scale_down(self, worker: Worker) -> None:
+        """Drain `worker` away: it takes nothing new, keeps its sessions until they end (no
+        timeout: nothing is cut) and is removed once empty, unless `reclaim` takes it back."""
+        self._specs.pop(worker.replica, None)
+        self._retiring[worker.replica] = asyncio.create_task(
+            self._scale_in(worker), name=f"scale-in-{worker.worker_id}"
+        )
+
+    def reclaim(self) -> Worker | None:
+        """Take back a replica being drained away (warm already), or None if none can be."""
+        indexes = self.reclaimable()
+        if not indexes:
+            return None
+        index = max(indexes, key=lambda i: (self.workers[i].in_use, -i))
+        self._retiring.pop(index).cancel()
+        worker = self.workers[index]
+        assert worker.spec is not None
+        self._specs[index] = worker.spec
+        worker.set_draining(False)
+        return worker
+
+    async def _scale_in(self, worker: Worker) -> None:
+        index = worker.replica
+        try:
+            worker.set_draining(True)
+            while worker.in_use and worker.status.state is State.WARM:
+                with contextlib.suppress(TimeoutError):
+                    await worker.wait_until(
+                        lambda: worker.in_use == 0 or worker.status.state is not State.WARM,
+                        3600.0,
+                    )
+            self._stopping.add(index)
+            await asyncio.shield(self._retire(worker, EndReason.REMOVED))
+        finally:
+            if self._retiring.get(index) is asyncio.current_task():
+                del self._retiring[index]
+            self._stopping.discard(index)
+
+    async def _settle_retiring(self) -> None:
+        """Before a rollout or removal: replicas still draining away stay draining (the
+        rollout removes them), those already stopping are waited for."""
+        waiting = [t for i, t in self._retiring.items() if i in self._stopping]
+        for index in self.reclaimable():
+            self._retiring.pop(index).cancel()
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     async def _retire_all(self, workers: list[Worker], reason: EndReason) -> None:
         await asyncio.gather(*(self._retire(w, reason) for w in workers))
@@ -431,6 +610,7 @@ class Deployment:
         await worker.close()
         if self.workers.get(worker.replica) is worker:
             del self.workers[worker.replica]
+            self._starts_gone += worker.starts
         self._last_state.pop(worker.worker_id, None)
         self._host.forget_worker(worker)
         self.publish()

@@ -42,7 +42,11 @@ from byoc_orch.worker_state import State
 WORKER_STATES = tuple(str(state) for state in State)
 PROBE_FAILURE_REASONS = tuple(str(failure) for failure in ProbeFailure)
 SESSION_END_REASONS = tuple(str(reason) for reason in EndReason)
-START_REFUSALS = ("not_warm", "full")
+START_REFUSALS = ("not_warm", "full", "no_gpu")
+EXTERNAL_REFUSALS = ("not_warm", "full")
+"""An external entry has no GPU pool: its series are not made for `no_gpu` (1,024 entries)."""
+SCALE_ACTIONS = ("up", "reclaim", "down", "no_gpu")
+SCALE_REASONS = ("below_min", "headroom", "idle", "above_max")
 LIVE_RUNNER_WHERE = ("both", "orchestrator_only", "byoc_orch_only")
 PROXY_ROUTES = ("start", "stop", "params", "status", "passthrough")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
@@ -107,7 +111,27 @@ class Metrics:
         )
         self.entry_replicas = Gauge(
             "byoc_orch_entry_replicas",
-            "Replicas each entry asks for.",
+            "Replicas each entry asks for now (desired): its count, or where a replica range "
+            "has scaled to.",
+            entry,
+            registry=r,
+        )
+        self.entry_replicas_running = Gauge(
+            "byoc_orch_entry_replicas_running",
+            "Replicas of each entry with a container (starting, warm, or being drained away).",
+            entry,
+            registry=r,
+        )
+        self.scale_events = Counter(
+            "byoc_orch_scale_events_total",
+            "Decisions on replica ranges, by action (up, reclaim, down, no_gpu) and reason "
+            "(below_min, headroom, idle, above_max).",
+            (*entry, "action", "reason"),
+            registry=r,
+        )
+        self.entry_cold_start = Gauge(
+            "byoc_orch_entry_cold_start_seconds",
+            "Running median of each entry's container start to warm (its last launches).",
             entry,
             registry=r,
         )
@@ -256,14 +280,18 @@ class Metrics:
             for status_class in STATUS_CLASSES:
                 self.proxy_duration.labels(route, status_class)
 
-    def add_entry(self, pipeline: str, model_id: str, replicas: int) -> None:
+    def add_entry(
+        self, pipeline: str, model_id: str, replicas: int, *, managed: bool = True
+    ) -> None:
         """Create an entry's series at zero so dashboards see it before anything happens."""
         self.entry_replicas.labels(pipeline, model_id).set(replicas)
         self.capability_capacity.labels(pipeline, model_id)
         self.sessions_started.labels(pipeline, model_id)
+        if managed:
+            self.entry_replicas_running.labels(pipeline, model_id)
         for reason in SESSION_END_REASONS:
             self.sessions_ended.labels(pipeline, model_id, reason)
-        for reason in START_REFUSALS:
+        for reason in START_REFUSALS if managed else EXTERNAL_REFUSALS:
             self.session_starts_refused.labels(pipeline, model_id, reason)
             self.requests_refused.labels(pipeline, model_id, reason)
         for where in LIVE_RUNNER_WHERE:
@@ -279,8 +307,17 @@ class Metrics:
         ):
             for value in extra:
                 _discard(metric, pipeline, model_id, value)
-        for each in (self.entry_replicas, self.capability_capacity, self.sessions_started):
+        for each in (
+            self.entry_replicas,
+            self.capability_capacity,
+            self.sessions_started,
+            self.entry_replicas_running,
+            self.entry_cold_start,
+        ):
             _discard(each, pipeline, model_id)
+        for action in SCALE_ACTIONS:
+            for reason in SCALE_REASONS:
+                _discard(self.scale_events, pipeline, model_id, action, reason)
 
     def add_replica(self, pipeline: str, model_id: str, replica: str, capacity: int) -> None:
         """Create one replica's series at zero."""

@@ -44,6 +44,10 @@ def refusal_response(target: Target, refusal: Refusal, counter: Counter) -> Resp
     """byoc-orch's 503 for a call routing turned down, counted in `counter` by reason."""
     entry = target.deployment.entry
     reason = str(refusal.reason)
+    if refusal.reason is RefusalReason.FULL and target.worker is None:
+        target.deployment.demand_unmet()
+        if target.deployment.pool_full:
+            reason = "no_gpu"  # full, and the GPU pool has no room for another replica
     counter.labels(entry.pipeline, entry.model_id, reason).inc()
     candidates = target.candidates()
     if refusal.reason is RefusalReason.NOT_WARM:

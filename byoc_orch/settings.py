@@ -261,6 +261,32 @@ class Settings(BaseSettings):
             "placed and keep their own gpus."
         ),
     )
+    gpu_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Memory of each pool GPU in MiB where NVML does not say (no driver, pretend GPUs "
+            "in CI, BYOC_ORCH_GPU_METRICS=false): what vram_mb packing fits replicas into. "
+            "NVML's total wins where it knows the GPU."
+        ),
+    )
+    gpu_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Sessions one GPU can serve at once, across every entry whose replicas share it. "
+            "A session started on one lowers what the others advertise (BYOC capacity and "
+            "Live Runner heartbeat capacity), so a GPU is never promised twice. Unset: each "
+            "replica's own capacity is its only limit."
+        ),
+    )
+    scale_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between looks at replica ranges' demand (also looked at at once "
+        "when a session start is refused).",
+    )
     gpu_metrics: bool = Field(
         default=True,
         description="Read GPU gauges through NVML; without a driver there are no GPU series.",

@@ -177,6 +177,16 @@ def describe_entry(index: int, entry: ModelEntry, slots: Sequence[ReplicaSlot] =
     if entry.url is not None and display_url(entry.url, mask=MASK) != entry.url:
         head = f"{head}, url={display_url(entry.url, mask=MASK)}"
     limits = _limits(entry)
+    replica_range = entry.replica_range
+    if replica_range is not None and entry.host_port is not None:
+        placed = ", ".join(f"#{slot.index} gpus={_shown(slot.gpus)}" for slot in slots)
+        top = entry.host_port + replica_range.max - 1
+        vram = f", vram_mb={entry.vram_mb}" if entry.vram_mb is not None else ""
+        return (
+            f"{head}, replicas {replica_range.min}–{replica_range.max} on the pool "
+            f"(ports 127.0.0.1:{entry.host_port}–{top}, headroom {entry.headroom}, "
+            f"scale down after {entry.scale_down_after:g} s{vram}); min placed: {placed}{limits}"
+        )
     if entry.replicated:
         replicas = ", ".join(
             f"#{slot.index} 127.0.0.1:{slot.host_port} gpus={_shown(slot.gpus)}" for slot in slots

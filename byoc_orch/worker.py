@@ -25,6 +25,7 @@ from byoc_orch.container_spec import ContainerSpec
 from byoc_orch.engine import EngineError, EngineUnavailable
 from byoc_orch.engine_port import ContainerEngine
 from byoc_orch.gpu import GpuInfo
+from byoc_orch.gpu_budget import GpuBudget
 from byoc_orch.health import ProbeFailure, ProbeResult, Verdict
 from byoc_orch.metrics import Metrics
 from byoc_orch.prober import HealthProber
@@ -92,7 +93,15 @@ class Worker:
         self.gpus: list[GpuInfo] | None = None
         """The host GPUs its container is given, when known (listed devices, or all)."""
         self.metrics = metrics or Metrics()
+        self.starts = 0
+        """Sessions this worker has taken on, ever (the scaler's arrival rate)."""
+        self.gpu_budget: GpuBudget | None = None
+        """The per-GPU session budget its GPUs share with other entries' replicas, if any."""
+        self.cold_start: float | None = None
+        """Seconds its last launch took from container start to warm, until its entry takes
+        it (`Deployment.worker_changed`)."""
         self._launched_at: float | None = None
+        self._container_started_at: float | None = None
         self._engine = engine
         self._on_change = on_change
         self._probe_timeout = probe_timeout
@@ -173,15 +182,24 @@ class Worker:
         return self.sessions + self.requests
 
     @property
+    def effective_capacity(self) -> int:
+        """Its capacity, lowered to what a shared GPU's session budget leaves (in use + room)."""
+        room = self.gpu_budget.room(self) if self.gpu_budget is not None else None
+        if room is None:
+            return self.entry.capacity
+        return min(self.entry.capacity, self.in_use + room)
+
+    @property
     def load(self) -> ReplicaLoad:
         """Routing's view of this replica, as it is now."""
         return ReplicaLoad(
-            self.worker_id, self.replica, self.routable, self.in_use, self.entry.capacity
+            self.worker_id, self.replica, self.routable, self.in_use, self.effective_capacity
         )
 
     def set_sessions(self, sessions: int) -> None:
         """Sessions now live on this worker; re-publishes its free capacity."""
         if sessions != self.sessions:
+            self.starts += max(sessions - self.sessions, 0)
             self.sessions = sessions
             self.metrics.sessions_active.labels(*self.labels).set(sessions)
             self._publish_soon()
@@ -196,6 +214,11 @@ class Worker:
         """Publish a change of slots in use once the call that made it has answered: routing
         reads `in_use` directly, so only what is advertised waits for the next loop turn, and
         a burst of changes is published once."""
+        if self.gpu_budget is not None:
+            # Under a shared GPU budget the other entries on its GPUs must advertise less at
+            # once: between this change and the next loop turn they would promise it twice.
+            self._publish()
+            return
         if not self._publish_pending:
             self._publish_pending = True
             asyncio.get_running_loop().call_soon(self._publish_now)
@@ -355,7 +378,12 @@ class Worker:
             State.STARTING,
         ):
             self._launched_at = now
-        elif state is State.WARM and self._launched_at is not None:
+        if state is State.STARTING and before.state is not State.STARTING:
+            self._container_started_at = now
+        if state is State.WARM and self._container_started_at is not None:
+            self.cold_start = max(now - self._container_started_at, 0.0)
+            self._container_started_at = None
+        if state is State.WARM and self._launched_at is not None:
             self.metrics.time_to_warm.labels(*labels).observe(max(now - self._launched_at, 0.0))
             self._launched_at = None
 

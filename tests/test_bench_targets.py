@@ -40,6 +40,7 @@ def test_no_bench_sets_a_target_of_its_own(path: Path) -> None:
 def test_the_printed_target_says_its_limit(name: str) -> None:
     target = all_targets()[name]
     numbers = [float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", target.text)]
+    numbers += [int(a) / int(b) for a, b in re.findall(r"(\d+)/(\d+)", target.text)]
     shown = target.minimum if target.minimum is not None and target.judge == "min" else None
     assert target.limit in numbers or shown in numbers, (target.text, target.limit)
     assert target.judge in ("p50", "p99", "max", "min", "mean")

@@ -86,6 +86,15 @@ class Rig:
     def capacity_changed(self, entry: ModelEntry, capacity: int) -> None:
         pass
 
+    def cold_start_measured(self, entry: ModelEntry, median: float) -> None:
+        pass
+
+    def demand_unmet(self, deployment: Deployment) -> None:
+        pass
+
+    def replica_changed(self, worker: Worker) -> None:
+        pass
+
     def policy_for(self, entry: ModelEntry) -> Policy:
         return POLICY
 

@@ -36,6 +36,7 @@ from byoc_orch.aimodels.fields import (
     NonEmptyStr,
     PixelsPerUnit,
     Price,
+    ReplicaRange,
     Replicas,
     ShmSize,
     Token,
@@ -46,14 +47,18 @@ from byoc_orch.aimodels.fields import (
 from byoc_orch.aimodels.host_access import HOST_PATHS_CONTEXT, HostPaths, host_access_issues
 from byoc_orch.aimodels.limits import (
     DEFAULT_CONTAINER_PORT,
+    DEFAULT_HEADROOM,
+    DEFAULT_SCALE_DOWN_AFTER,
     DROPPED_CAPABILITIES,
     ENV_SET_BY_BYOC_ORCH,
     LOOPBACK_HOSTS,
     MAX_CAPACITY,
     MAX_CPUS,
     MAX_REPLICAS_PER_GPU,
+    MAX_SCALE_DOWN_AFTER,
     MAX_STARTUP_TIMEOUT,
     MAX_VOLUMES,
+    MAX_VRAM_MB,
 )
 from byoc_orch.aimodels.ports import past_the_last_port
 from byoc_orch.aimodels.problems import Issue, invalid
@@ -176,9 +181,34 @@ class ModelEntry(BaseModel):
     )
     replicas: Replicas = Field(
         default=1,
-        description='How many containers run this entry: a count, or "per-gpu" for one per '
-        "GPU of the pool (BYOC_ORCH_GPUS, else every GPU NVML lists). Replica i listens on "
-        "host port url port + i and keeps its GPUs across restarts; capacity is per replica.",
+        description='How many containers run this entry: a count, "per-gpu" for one per '
+        'GPU of the pool (BYOC_ORCH_GPUS, else every GPU NVML lists), or a range {"min": m, '
+        '"max": n}: m always run, up to n follow demand on the shared pool (see headroom). '
+        "Replica i listens on host port url port + i and keeps its GPUs across restarts; "
+        "capacity is per replica.",
+    )
+    headroom: int = Field(
+        default=DEFAULT_HEADROOM,
+        ge=0,
+        le=MAX_CAPACITY,
+        description="With a replica range: free warm session slots to keep. Below it a "
+        "replica is started (while max and the pool allow); with headroom plus one replica's "
+        "capacity free for scale_down_after seconds, one is drained and removed.",
+    )
+    scale_down_after: float = Field(
+        default=DEFAULT_SCALE_DOWN_AFTER,
+        gt=0,
+        le=MAX_SCALE_DOWN_AFTER,
+        description="With a replica range: seconds a surplus replica must stay unneeded "
+        "before it is drained and removed (never below min).",
+    )
+    vram_mb: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_VRAM_MB,
+        description="With a replica range: GPU memory one replica needs, in MiB. Replicas of "
+        "different entries then share a GPU while their vram_mb fit its memory (NVML's total, "
+        "or BYOC_ORCH_GPU_MEMORY_MB); without it each replica takes whole GPUs.",
     )
     replicas_per_gpu: int = Field(
         default=1,
@@ -332,6 +362,15 @@ class ModelEntry(BaseModel):
         return _asks_for_replicas(self.replicas)
 
     @property
+    def ranged(self) -> bool:
+        """Replicas follow demand between a min and a max on the shared GPU pool."""
+        return isinstance(self.replicas, ReplicaRange)
+
+    @property
+    def replica_range(self) -> ReplicaRange | None:
+        return self.replicas if isinstance(self.replicas, ReplicaRange) else None
+
+    @property
     def gpus_per_replica(self) -> Literal["all", "none"] | int | list[int | str]:
         """What each container gets, after the default ("all" alone, 1 per replica)."""
         return self.gpus
@@ -353,7 +392,7 @@ def _url_port(parts: SplitResult) -> int:
 
 
 def _asks_for_replicas(value: object) -> bool:
-    if value == "per-gpu":
+    if value == "per-gpu" or isinstance(value, (ReplicaRange, dict)):
         return True
     return isinstance(value, int) and not isinstance(value, bool) and value > 1
 
@@ -448,6 +487,7 @@ def _replica_issues(entry: ModelEntry, *, check_ports: bool) -> list[Issue]:
                 'use a replica count such as "replicas": 2',
             )
         )
+    issues += _range_issues(entry)
     if entry.network_mode == "host":
         issues.append(
             Issue(
@@ -457,10 +497,46 @@ def _replica_issues(entry: ModelEntry, *, check_ports: bool) -> list[Issue]:
                 'drop replicas, or use network_mode "bridge"',
             )
         )
-    elif check_ports and isinstance(entry.replicas, int) and entry.host_port is not None:
-        past = past_the_last_port(entry.host_port, entry.replicas, counted=True)
+    elif check_ports and entry.host_port is not None and entry.replicas != "per-gpu":
+        count = entry.replicas.max if isinstance(entry.replicas, ReplicaRange) else entry.replicas
+        assert isinstance(count, int)
+        past = past_the_last_port(entry.host_port, count, counted=True)
         if past is not None:
             issues.append(Issue(("replicas",), *past))
+    return issues
+
+
+def _range_issues(entry: ModelEntry) -> list[Issue]:
+    """What a replica range can be placed with: one GPU count (or none) per replica, and
+    vram_mb only where a replica sits on one GPU it may share."""
+    if not entry.ranged:
+        return []
+    issues: list[Issue] = []
+    if entry.gpus == "all":
+        issues.append(
+            Issue(
+                ("gpus",),
+                'gpus "all" gives every replica every GPU, so a replica range has nothing to place',
+                'give each replica a GPU count (e.g. "gpus": 1, the default with replicas)',
+            )
+        )
+    if entry.replicas_per_gpu > 1:
+        issues.append(
+            Issue(
+                ("replicas_per_gpu",),
+                "a replica range shares GPUs by memory, not by a fixed count",
+                'remove replicas_per_gpu and set "vram_mb" (what one replica needs), so '
+                "replicas of this and other entries share a GPU while they fit",
+            )
+        )
+    if entry.vram_mb is not None and entry.gpus != 1:
+        issues.append(
+            Issue(
+                ("vram_mb",),
+                f"vram_mb packs replicas onto one GPU each, but gpus is {json.dumps(entry.gpus)}",
+                'use "gpus": 1 with vram_mb, or remove vram_mb to give each replica whole GPUs',
+            )
+        )
     return issues
 
 

@@ -70,8 +70,39 @@ def check_entry(
 
 
 def _replica_warnings(entry: ModelEntry) -> list[Issue]:
-    """replicas_per_gpu where it changes nothing: the operator expected sharing that won't be."""
-    if entry.replicas_per_gpu == 1:
+    """Replica fields where they change nothing: the operator expected sharing or scaling
+    that won't be."""
+    return _range_warnings(entry) + _per_gpu_warnings(entry)
+
+
+def _range_warnings(entry: ModelEntry) -> list[Issue]:
+    replica_range = entry.replica_range
+    if replica_range is None:
+        return [
+            Issue(
+                (name,),
+                "has no effect: replicas is not a range, so nothing scales",
+                'set "replicas": {"min": 1, "max": 4} for replicas that follow demand, or '
+                f"remove {name}",
+            )
+            for name in ("headroom", "scale_down_after", "vram_mb")
+            if name in entry.model_fields_set
+        ]
+    most = replica_range.max * entry.capacity
+    if entry.headroom > most:
+        return [
+            Issue(
+                ("headroom",),
+                f"{entry.headroom} free slots can never be kept: max {replica_range.max} "
+                f"replicas × capacity {entry.capacity} is {most}, so the entry always grows to max",
+                f"lower headroom to at most {most}, or raise max or capacity",
+            )
+        ]
+    return []
+
+
+def _per_gpu_warnings(entry: ModelEntry) -> list[Issue]:
+    if entry.replicas_per_gpu == 1 or entry.ranged:
         return []
     if not entry.replicated:
         return [

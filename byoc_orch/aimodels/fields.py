@@ -11,6 +11,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -257,16 +258,64 @@ GpuSpec = Annotated[
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaRange:
+    """``replicas: {"min": m, "max": n}``: at least m replicas always run (warm and advertised),
+    up to n follow demand on the shared GPU pool."""
+
+    min: int
+    max: int
+
+
+_RANGE_FIX = 'write {"min": 1, "max": 4}: min at least 1, max at least min, at most ' + str(
+    MAX_REPLICAS
+)
+
+
+def _check_range(value: dict[Any, Any]) -> ReplicaRange:
+    unknown = sorted(str(key) for key in value if key not in ("min", "max"))
+    if unknown:
+        raise invalid(f"unknown key {json.dumps(unknown[0])} in the replica range", _RANGE_FIX)
+    bounds: dict[str, int] = {}
+    for key in ("min", "max"):
+        if key not in value:
+            raise invalid(f'the replica range has no "{key}"', _RANGE_FIX, (key,))
+        bound = value[key]
+        if not isinstance(bound, int) or isinstance(bound, bool):
+            raise invalid(
+                f"{key} must be a whole number, got {describe(bound)}", _RANGE_FIX, (key,)
+            )
+        bounds[key] = bound
+    low, high = bounds["min"], bounds["max"]
+    if low < 1:
+        raise invalid(
+            f"min must be at least 1, got {low}: the capability must stay warm and advertised",
+            'use "min": 1; to stop the entry altogether use "warm": false',
+            ("min",),
+        )
+    if high > MAX_REPLICAS:
+        raise invalid(f"max must be at most {MAX_REPLICAS}, got {high}", _RANGE_FIX, ("max",))
+    if high < low:
+        raise invalid(
+            f"max {high} is below min {low}",
+            f"raise max to at least {low}, or lower min to {high}",
+            ("max",),
+        )
+    return ReplicaRange(low, high)
+
+
 def _check_replicas(value: object) -> object:
     """One clear error for every wrong shape, instead of one per member of the union."""
-    if value == "per-gpu":
+    if value == "per-gpu" or isinstance(value, ReplicaRange):
         return value
+    if isinstance(value, dict):
+        return _check_range(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if 1 <= value <= MAX_REPLICAS:
             return value
         fix = "use 1 for a single container" if value < 1 else _REPLICAS_FIX
         raise invalid(f"must be from 1 to {MAX_REPLICAS}, got {value}", fix)
-    fix = _REPLICAS_FIX
+    fix = _REPLICAS_FIX + ', or a range {"min": 1, "max": 4} that follows demand'
     if isinstance(value, str) and value.isdigit():
         fix = f"write the count without quotes: {value}"
     elif isinstance(value, str) and re.sub(r"[^a-z]", "", value.lower()) == "pergpu":
@@ -274,9 +323,26 @@ def _check_replicas(value: object) -> object:
     raise invalid(f"unknown replicas value {describe(value)}", fix)
 
 
+_REPLICAS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
+        {"const": "per-gpu", "type": "string"},
+        {
+            "type": "object",
+            "properties": {
+                "min": {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
+                "max": {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
+            },
+            "required": ["min", "max"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
 Replicas = Annotated[
-    Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | Literal["per-gpu"],
+    Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | Literal["per-gpu"] | ReplicaRange,
     BeforeValidator(_check_replicas),
+    WithJsonSchema(_REPLICAS_SCHEMA),
 ]
 
 

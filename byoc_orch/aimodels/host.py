@@ -57,6 +57,7 @@ class ModelsLoader:
         pool_setting: tuple[str, ...] | None = None,
         engine_socket: str | None = None,
         gpus: HostGpus = NO_GPUS,
+        gpu_memory_mb: int | None = None,
     ) -> None:
         """``reserved_ports`` are byoc-orch's own; ``pool_setting`` is BYOC_ORCH_GPUS;
         ``engine_socket`` is the Docker endpoint, whose socket volumes may not reach without
@@ -66,6 +67,7 @@ class ModelsLoader:
         self.pool_setting = pool_setting
         self.engine_socket = engine_socket
         self.gpus = gpus
+        self.gpu_memory_mb = gpu_memory_mb
         self._pool: GpuPool | None = None
         self._pool_problems: tuple[Problem, ...] = ()
         try:
@@ -81,6 +83,7 @@ class ModelsLoader:
             pool_setting=settings.gpu_pool_setting,
             engine_socket=settings.docker_host,
             gpus=gpus,
+            gpu_memory_mb=settings.gpu_memory_mb,
         )
 
     def with_gpus(self, gpus: HostGpus) -> ModelsLoader:
@@ -91,6 +94,7 @@ class ModelsLoader:
             pool_setting=self.pool_setting,
             engine_socket=self.engine_socket,
             gpus=gpus,
+            gpu_memory_mb=self.gpu_memory_mb,
         )
 
     def load(self) -> ModelsFile:
@@ -105,4 +109,5 @@ class ModelsLoader:
             pool_configured=self.pool_setting is not None,
             gpu_inventory=self.gpus.inventory,
             engine_socket=self.engine_socket,
+            gpu_memory_mb=self.gpu_memory_mb,
         )

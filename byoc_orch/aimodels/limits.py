@@ -35,6 +35,9 @@ CONTAINER_ONLY_FIELDS = frozenset(
         "pid_mode",
         "replicas",
         "replicas_per_gpu",
+        "headroom",
+        "scale_down_after",
+        "vram_mb",
         "cap_add",
         "memory",
         "cpus",
@@ -44,6 +47,10 @@ ENV_SET_BY_BYOC_ORCH = ("PIPELINE", "MODEL_ID")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 MAX_REPLICAS = 64
 MAX_REPLICAS_PER_GPU = 16
+DEFAULT_HEADROOM = 1
+DEFAULT_SCALE_DOWN_AFTER = 300.0
+MAX_SCALE_DOWN_AFTER = 7 * 24 * 3600
+MAX_VRAM_MB = 16 * 1024 * 1024  # 16 TiB: past any GPU
 MAX_PORT = 65535
 # Bounds on what one file may hold, so no input can exhaust the parser or the host.
 MAX_FILE_BYTES = 16 * 1024 * 1024

@@ -19,6 +19,7 @@ from byoc_orch.aimodels.entry import ModelEntry
 from byoc_orch.aimodels.entry_checks import check_entry
 from byoc_orch.aimodels.host_access import HOST_PATHS_CONTEXT, HostPaths
 from byoc_orch.aimodels.json_text import decode
+from byoc_orch.aimodels.packing import PoolLayout
 from byoc_orch.aimodels.placement import GpuPool, ReplicaSlot, plan
 from byoc_orch.aimodels.ports import NO_PORTS
 from byoc_orch.aimodels.problems import ModelsFileError, Problem, problem_order
@@ -38,6 +39,8 @@ class ModelsFile:
     warnings: list[Problem] = field(default_factory=list)
     source: str = "aiModels.json"
     replicas: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
+    pool: PoolLayout = field(default_factory=PoolLayout)
+    """The GPU pool replica ranges share at run time (`packing`)."""
 
 
 class HostFacts(TypedDict, total=False):
@@ -48,6 +51,7 @@ class HostFacts(TypedDict, total=False):
     pool_configured: bool
     gpu_inventory: Sequence[GpuInfo]
     engine_socket: str | None
+    gpu_memory_mb: int | None
 
 
 def load_models(path: Path, **host: Unpack[HostFacts]) -> ModelsFile:
@@ -68,6 +72,7 @@ def parse_models(
     pool_configured: bool = False,
     gpu_inventory: Sequence[GpuInfo] = (),
     engine_socket: str | None = None,
+    gpu_memory_mb: int | None = None,
 ) -> ModelsFile:
     """Check aiModels.json text, then place its replicas; raise ModelsFileError listing every
     problem, and nothing else whatever the text holds.
@@ -109,8 +114,15 @@ def parse_models(
         reserved_ports=reserved_ports,
         pool_configured=pool_configured,
         inventory=gpu_inventory,
+        gpu_memory_mb=gpu_memory_mb,
     )
     warnings = sorted(warnings + placed.warnings, key=problem_order)
     if placed.problems:
         raise ModelsFileError(placed.problems, warnings)
-    return ModelsFile(entries=entries, warnings=warnings, source=source, replicas=placed.slots)
+    return ModelsFile(
+        entries=entries,
+        warnings=warnings,
+        source=source,
+        replicas=placed.slots,
+        pool=placed.pool,
+    )

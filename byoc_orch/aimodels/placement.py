@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from byoc_orch.aimodels.devices import Devices
 from byoc_orch.aimodels.entry import GpuRequest, ModelEntry, loopback_port
+from byoc_orch.aimodels.packing import MIB, Need, PoolGpu, PoolLayout, PoolState, layout
 from byoc_orch.aimodels.ports import (
     NO_PORTS,
     Listener,
@@ -89,6 +90,8 @@ class Placement:
     slots: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    pool: PoolLayout = field(default_factory=PoolLayout)
+    """The pool replica ranges share: its GPUs (with memory) and what static entries hold."""
 
 
 # --------------------------------------------------------------------------- the pool
@@ -148,8 +151,10 @@ class _Planner:
         source: str,
         pool_configured: bool,
         inventory: Sequence[GpuInfo],
+        gpu_memory_mb: int | None = None,
     ) -> None:
         self.pool = pool
+        self.gpu_memory_mb = gpu_memory_mb
         self.source = source
         self.pool_configured = pool_configured
         self.inventory = inventory
@@ -265,6 +270,76 @@ class _Planner:
             [GpuRequest(count=None, device_ids=groups[i // per_gpu]) for i in range(count)],
         )
 
+    # -- replica ranges -------------------------------------------------------------------------
+
+    def layout(self) -> PoolLayout:
+        """The pool as ranges find it: every member with its memory, static holders whole."""
+        gpus = [PoolGpu(member, self._memory_mb(member)) for member in self.pool or ()]
+        held = [
+            (holder.entry.worker_id, holder.entry.worker_id, member)
+            for member in self.pool or ()
+            if (holder := self.holders.get(self.devices.key(member))) is not None
+        ]
+        return layout(gpus, held)
+
+    def _memory_mb(self, member: str) -> int | None:
+        known = self.devices.named([member])
+        if known and known[0].memory_total_bytes > 0:
+            return known[0].memory_total_bytes // MIB
+        return self.gpu_memory_mb
+
+    def ranged(self, index: int, entry: ModelEntry, pool: PoolState) -> None:
+        """Place a range's minimum on what is left of the pool; the rest is claimed at run
+        time by demand. Slots cover the minimum; ports are checked up to the maximum."""
+        replica_range = entry.replica_range
+        assert replica_range is not None
+        need = replica_need(entry)
+        if need.gpus and self.pool is None:
+            self.problem(index, entry, "replicas", _NO_POOL, _NO_POOL_FIX)
+            return
+        if need.vram_mb is not None and not self._vram_fits(index, entry, need.vram_mb, pool):
+            return
+        slots = []
+        for i in range(replica_range.min):
+            devices = pool.claim(f"{entry.worker_id}-r{i}", entry.worker_id, need)
+            if devices is None:
+                self.problem(
+                    index,
+                    entry,
+                    "replicas",
+                    f"min {replica_range.min} replicas need {need.shown()} each, but only {i} "
+                    f"fit in the pool ({pool.free_text()})",
+                    "lower min, lower vram_mb if the model needs less, give the pool GPUs that "
+                    "other entries hold, or widen BYOC_ORCH_GPUS",
+                )
+                return
+            request = GpuRequest(count=None, device_ids=devices) if need.gpus else None
+            slots.append(ReplicaSlot(i, _base_port(entry) + i, request))
+        self.result.slots[entry.worker_id] = tuple(slots)
+
+    def _vram_fits(self, index: int, entry: ModelEntry, vram_mb: int, pool: PoolState) -> bool:
+        largest = pool.largest_memory_mb()
+        if largest is None:
+            self.problem(
+                index,
+                entry,
+                "vram_mb",
+                "the memory of the pool's GPUs is not known (NVML lists none here), so "
+                "nothing can be packed by vram_mb",
+                "set BYOC_ORCH_GPU_MEMORY_MB to the GPUs' memory in MiB, or remove vram_mb",
+            )
+            return False
+        if vram_mb > largest:
+            self.problem(
+                index,
+                entry,
+                "vram_mb",
+                f"{vram_mb} MiB is more than any GPU of the pool has (the largest: {largest} MiB)",
+                f"lower vram_mb to at most {largest}, or use gpus 2 or more without vram_mb",
+            )
+            return False
+        return True
+
     def _replica_count(
         self, index: int, entry: ModelEntry, gpus: int, free: list[str]
     ) -> int | None:
@@ -349,6 +424,13 @@ class _Planner:
         return text
 
 
+def replica_need(entry: ModelEntry) -> Need:
+    """What one replica of a range takes from the pool."""
+    gpus = entry.gpus
+    count = 0 if gpus == "none" else gpus if isinstance(gpus, int) else 1
+    return Need(gpus=count, vram_mb=entry.vram_mb if count else None)
+
+
 def _gpu_count(n: int) -> str:
     return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
@@ -368,7 +450,13 @@ def _listeners(
     """Every loopback port in use: each managed container's, and loopback external entries'."""
     listeners: list[Listener] = []
     for index, entry in enumerate(entries):
-        if entry.managed:
+        if entry.managed and entry.replica_range is not None and entry.host_port is not None:
+            top = entry.replica_range.max
+            listeners += [
+                Listener(index, entry.model_id, True, entry.host_port + i, i, top)
+                for i in range(top)
+            ]
+        elif entry.managed:
             own = slots.get(entry.worker_id, ())
             listeners += [
                 Listener(index, entry.model_id, True, slot.host_port, slot.index, len(own))
@@ -390,23 +478,40 @@ def plan(
     reserved_ports: Mapping[int, str] = NO_PORTS,
     pool_configured: bool = False,
     inventory: Sequence[GpuInfo] = (),
+    gpu_memory_mb: int | None = None,
 ) -> Placement:
     """Place every managed entry of a checked file (``entries`` in file order); never raises.
 
     ``pool_configured`` says the pool came from BYOC_ORCH_GPUS; ``inventory`` (NVML's GPUs,
-    when known) lets an index and a UUID of one GPU be recognised as the same device.
+    when known) lets an index and a UUID of one GPU be recognised as the same device, and
+    gives each GPU's memory (else ``gpu_memory_mb``, BYOC_ORCH_GPU_MEMORY_MB). Replica ranges
+    are placed last, their minimums only, on what the static entries leave (`packing`).
     """
-    planner = _Planner(pool, source=source, pool_configured=pool_configured, inventory=inventory)
+    planner = _Planner(
+        pool,
+        source=source,
+        pool_configured=pool_configured,
+        inventory=inventory,
+        gpu_memory_mb=gpu_memory_mb,
+    )
     managed = [(index, entry) for index, entry in enumerate(entries) if entry.managed]
     exclusive = any(entry.replicated for _, entry in managed)
     for index, entry in managed:
         if not entry.replicated:
             planner.single(index, entry, exclusive=exclusive)
-    counted = [(i, e) for i, e in managed if e.replicated and e.replicas != "per-gpu"]
+    counted = [
+        (i, e) for i, e in managed if e.replicated and e.replicas != "per-gpu" and not e.ranged
+    ]
     per_gpu = [(i, e) for i, e in managed if e.replicas == "per-gpu"]
     for index, entry in counted + per_gpu:
         planner.replicated(index, entry)
+    shared = planner.layout()
+    state = shared.state()
+    for index, entry in managed:
+        if entry.ranged:
+            planner.ranged(index, entry, state)
     result = planner.result
+    result = replace(result, pool=shared)
     listeners = _listeners(entries, result.slots)
     result.problems.extend(replica_port_problems(listeners, reserved_ports, source))
     result.problems.sort(key=problem_order)

@@ -11,14 +11,16 @@ Benchmarks (DESIGN.md §5; each module's docstring says how it measures): `pulls
 one image → one pull), `healthy` (first healthy → listed), `crash` (SIGKILL → withdrawn, beside
 go-livepeer's 5 s × 2 polling), `restart` (adoption beside recreate-everything, N = 1, 4, 8),
 `proxy` (session start/stop through byoc-orch beside direct), `scale` (CPU and RSS polling
-32/128/256 external workers), `replicas` (8 replicas → one pull, session routing over 8
+32/128/256/1,024 external workers), `replicas` (8 replicas → one pull, session routing over 8
 replicas beside 1, the capability staying listed through a rolling replacement of 4), `batch`
 (the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
 small-request added latency; 32 concurrent clients beside direct), `live_runner` (sessions
 made through the fake registry: a worker's end released there, a release there stopped here,
 a rolling replacement cutting none, a call through the registry's proxy beside direct),
 `restart_load` (5 restarts under socket activation with 200 calls/s through byoc-orch: failed
-calls, added latency, exec → first proxied call, exec → all warm).
+calls, added latency, exec → first proxied call, exec → all warm), `pool` (a seeded bursty
+trace of three models on 4 pretend GPUs, the best static split beside replicas following
+demand: refused starts, idle replica-seconds, decision → new replica warm).
 `python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
@@ -51,6 +53,7 @@ from tests.bench.common import (
 )
 from tests.bench.crash import crash, healthy
 from tests.bench.live_runner import live_runner
+from tests.bench.pool import pool
 from tests.bench.proxy import proxy
 from tests.bench.pulls import pulls
 from tests.bench.replicas import replicas
@@ -69,6 +72,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "batch": batch,
     "live_runner": live_runner,
     "restart_load": restart_load,
+    "pool": pool,
 }
 
 

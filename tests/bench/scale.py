@@ -1,4 +1,4 @@
-"""Scale: byoc-orch's CPU and peak RSS while it polls 32, 128 and 256 external workers.
+"""Scale: byoc-orch's CPU and peak RSS while it polls 32, 128, 256 and 1,024 external workers.
 
 External entries (a `url`, no `container`) are health-polled every second but never started,
 so no Docker engine is involved. The workers are one `tests.bench.farm` process of cheap
@@ -35,7 +35,7 @@ from tests.bench.common import (
     write_models,
 )
 
-SIZES = (32, 128, 256)
+SIZES = (32, 128, 256, 1024)
 
 
 def _spawn_farm(run: Run, count: int) -> subprocess.Popen[bytes]:
