@@ -3,14 +3,16 @@
 On a terminal the view is redrawn in place (cursor home, each line cleared to its end, the
 rest of the screen cleared once: no blank frame between two, so no flicker), each time what it
 shows changes — the ages in SINCE included. To a pipe or a file a new block, headed by the time,
-is printed only when the state itself changed (not a probe's latency, not an age), with no
-terminal codes at all, so `status --watch | tee` or a log keeps one block per change. With
-`--json` each change is one JSON line. Ctrl-C ends it with the exit code the last view had.
+is printed only when what it shows changed other than by time passing (an age, the next
+retry's countdown), with no terminal codes at all, so `status --watch | tee` or a log keeps
+one block per change. With `--json` each change is one JSON line (a probe's latency and
+timestamps left out of the comparison). Ctrl-C ends it with the exit code the last view had.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +32,9 @@ from byoc_orch.settings import Settings
 
 VOLATILE = frozenset({"last_health", "consecutive_probe_failures", "at", "last_heartbeat_at"})
 """Fields that move on every look without anything having changed for an operator."""
+
+AGES = re.compile(r"\b\d+[smhd] ago\b|next in \d+[smhd]")
+"""What moves in the text by itself as time passes."""
 
 HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
@@ -62,8 +67,12 @@ def watch(
             else:
                 code = status_code(ready, entries)
                 document = status_document(client.base, ready, entries)
-                key = json.dumps(_stable(document), sort_keys=True)
                 frame = render_status(client.base, ready, entries)
+                key = (
+                    json.dumps(_stable(document), sort_keys=True)
+                    if as_json
+                    else AGES.sub("", frame)
+                )
             if tty:
                 if frame != last_frame:
                     _redraw(frame, out)
