@@ -119,9 +119,12 @@ class _ByocMemory:
 
 
 def _settled(worker: Worker) -> bool:
-    """Probed since it was adopted, and (when warm) its running streams known."""
+    """Probed since it was adopted, and (when warm) its running streams known. COLD is where a
+    replica waits until its own task has taken the adoption in hand."""
     state = worker.status.state
-    return state is not State.STARTING and (state is not State.WARM or worker.sessions_known)
+    if state in (State.COLD, State.STARTING):
+        return False
+    return state is not State.WARM or worker.sessions_known
 
 
 class Daemon:

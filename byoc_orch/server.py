@@ -41,6 +41,10 @@ MAX_HEAD_BYTES = 64 * 1024
 go-livepeer's session headers are a few hundred bytes)."""
 HEADER_TIMEOUT = 10.0
 """Seconds a client has to send a request's head once it connects or starts the request."""
+FIRST_REQUEST_GRACE = 1.0
+"""Seconds a connection accepted just before shutdown, with nothing received yet, is kept open
+for its request (served, then closed) instead of being closed under a client that has just
+sent it — that client would see a reset, not an answer."""
 
 
 class HeadersInTime(HttpToolsProtocol):
@@ -53,12 +57,31 @@ class HeadersInTime(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._received = False
+        self._head_started = False
+        self._last_request = False
         self._in_head = True
         self._head_bytes = 0
         self._tail = b""
         self._await_head()
 
+    def shutdown(self) -> None:
+        """uvicorn closes every connection with no request in progress, even one whose request
+        is arriving: one accepted a moment ago that has received nothing yet, or one half-way
+        through a request's head, is given that request (served, then closed)."""
+        if self._received and not self._head_started:
+            super().shutdown()
+            return
+        self._last_request = True
+        self.loop.call_later(FIRST_REQUEST_GRACE, self._close_if_nothing_came)
+
+    def _close_if_nothing_came(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
+        self._received = True
         if self._in_head:
             window = self._tail + data
             end = window.find(b"\r\n\r\n")
@@ -85,16 +108,20 @@ class HeadersInTime(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_started = True
         self._in_head = True
         self._head_bytes = 0
         if self._head_deadline is None:
             self._await_head()
 
     def on_headers_complete(self) -> None:
+        self._head_started = False
         self._in_head = False
         self._tail = b""
         self._head_arrived()
         super().on_headers_complete()
+        if self._last_request and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()

@@ -169,17 +169,11 @@ class SessionTable:
                 "stop it first or use a new gateway_request_id",
             )
         return self._add(
-            Session(
-                session_id,
-                worker_id,
-                pipeline,
-                model_id,
-                started_at=now,
-                entry_id=entry_id,
-                params=params,
-                request=request or {},
-                registry=registry,
-            )
+            Session(session_id, worker_id, pipeline, model_id, started_at=now),
+            entry_id,
+            params,
+            request,
+            registry,
         )
 
     def adopt(
@@ -199,28 +193,34 @@ class SessionTable:
         taken. None if the id is already live here."""
         if session_id in self._live:
             return None
-        return self._add(
-            Session(
-                session_id,
-                worker_id,
-                pipeline,
-                model_id,
-                started_at=now,
-                entry_id=entry_id,
-                state=SessionState.ACTIVE,
-                recovered=True,
-                params=params,
-                request=request or {},
-                registry=registry,
-            )
+        session = Session(
+            session_id,
+            worker_id,
+            pipeline,
+            model_id,
+            started_at=now,
+            state=SessionState.ACTIVE,
+            recovered=True,
         )
+        return self._add(session, entry_id, params, request, registry)
 
     def by_orchestrator_session(self, orchestrator_session: str) -> Session | None:
         """The live session the registry knows as `orchestrator_session`."""
         session_id = self._by_registry.get(orchestrator_session)
         return None if session_id is None else self._live.get(session_id)
 
-    def _add(self, session: Session) -> Session:
+    def _add(
+        self,
+        session: Session,
+        entry_id: str,
+        params: Any,
+        request: dict[str, Any] | None,
+        registry: RegistrySession | None,
+    ) -> Session:
+        """Record `session` (its identity and state) with what the start carried."""
+        session = replace(
+            session, entry_id=entry_id, params=params, request=request or {}, registry=registry
+        )
         self._live[session.id] = session
         if session.registry is not None:
             self._by_registry[session.registry.session_id] = session.id

@@ -202,6 +202,26 @@ setup_python() {
   printf '%s' "$want" >"$stamp"
 }
 
+# promtool checks and unit-tests deploy/prometheus-rules.yml (tests/test_alert_rules.py). Debian
+# ships it in its prometheus package, which would also install and enable the Prometheus server:
+# only the promtool binary is taken out of the package.
+install_promtool() {
+  command -v promtool >/dev/null && return
+  [ "$(id -u)" -eq 0 ] || die "promtool is missing: run as root, or apt-get install prometheus"
+  local dir
+  dir=$(mktemp -d)
+  log "installing promtool from Debian's prometheus package as /usr/local/bin/promtool"
+  if ! (cd "$dir" && apt-get download prometheus) >"$STATE/promtool-apt.log" 2>&1; then
+    apt-get update -qq
+    (cd "$dir" && apt-get download prometheus) >>"$STATE/promtool-apt.log" 2>&1 \
+      || { tail -20 "$STATE/promtool-apt.log" >&2; rm -rf "$dir"; die "downloading Debian's prometheus package failed"; }
+  fi
+  dpkg-deb -x "$dir"/prometheus_*.deb "$dir/root"
+  install -D -m 0755 "$dir/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$dir"
+  log "$(promtool --version 2>&1 | head -1)"
+}
+
 compose_v2() {  # `docker compose` is the Go plugin, v2 or later (v1 was never a plugin)
   local version
   version=$(docker compose version --short 2>/dev/null) || return 1
@@ -245,6 +265,7 @@ main() {
   install_packages
   setup_python
   install_compose
+  install_promtool
   start_engine main "$ENGINE_SOCK" yes
   ensure_nogpu_bridge
   start_engine nogpu "$NOGPU_SOCK" no --bridge="$NOGPU_BRIDGE" --iptables=false --ip-masq=false

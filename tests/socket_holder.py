@@ -31,8 +31,9 @@ class SocketHolder:
         command = argv or [sys.executable, "-m", "byoc_orch", "run"]
         launcher = (
             "import os, sys; "
-            f"os.dup2({fd}, 3); os.close({fd}); "
-            "os.environ['LISTEN_PID'] = str(os.getpid()); "
+            # The held socket may itself be fd 3 (a process with little open): then it stays.
+            + ("" if fd == 3 else f"os.dup2({fd}, 3); os.close({fd}); ")
+            + "os.environ['LISTEN_PID'] = str(os.getpid()); "
             "os.execvp(sys.argv[1], sys.argv[1:])"
         )
         output = log.open("ab") if log is not None else subprocess.PIPE

@@ -62,3 +62,25 @@ async def test_a_reload_builds_each_container_spec_once(monkeypatch: pytest.Monk
     finally:
         await daemon.stop()
         engine.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("state", "sessions_known", "settled"),
+    [
+        (State.COLD, True, False),  # adopted, its task has not taken the container in hand yet
+        (State.STARTING, True, False),  # not probed since adoption
+        (State.WARM, False, False),  # warm, but its running streams not asked yet
+        (State.WARM, True, True),
+        (State.UNHEALTHY, False, True),
+        (State.BACKOFF, False, True),
+    ],
+)
+def test_a_socket_activated_start_waits_for_what_an_adopted_replica_runs(
+    state: State, sessions_known: bool, settled: bool
+) -> None:
+    """Found by the restart-under-load benchmark: settled() ran before the replicas' tasks had
+    taken their adoption, saw them COLD, and the new process served calls 503 not_warm."""
+    from types import SimpleNamespace
+
+    worker = SimpleNamespace(status=SimpleNamespace(state=state), sessions_known=sessions_known)
+    assert daemon_module._settled(worker) is settled  # type: ignore[arg-type]

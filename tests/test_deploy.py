@@ -326,6 +326,9 @@ def test_systemd_analyze_verify_accepts_the_socket_beside_the_service(tmp_path: 
     text = socket_unit.read_text()
     for line in ("ListenStream=127.0.0.1:9935", "Accept=no", "NoDelay=true"):
         assert f"\n{line}\n" in text, line
+    # A restart of the service propagated to the socket would close it under waiting calls.
+    directives = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line]
+    assert not {"PartOf", "BindsTo", "Requires"} & {d for d in directives if d[:1] != "#"}
 
 
 def test_systemd_analyze_verify_would_catch_a_typo(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ called through its reverse proxy, on the real engine with the demo worker.
 What byoc-orch keeps alive stays alive at the orchestrator (drains, rolling replacements,
 restarts), what ends on one side ends on the other (a worker's stream ends → released at the
 registry; the registry releases → the worker is stopped), and a crash releases exactly the
-crashed replica's sessions. The fake registry runs a short TTL (4 s) so "still reserved after
-the TTL has passed" is checked in seconds rather than the 20 s go-livepeer uses.
+crashed replica's sessions. The fake registry runs a short TTL (8 s, room for a restart on a
+loaded 2-core machine) so "still reserved after the TTL has passed" is checked in seconds
+rather than the 20 s go-livepeer uses.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.engine
 
 SECRET = "orch-secret-for-live-runner-sessions"
 INTERVAL = 0.5
-TTL = 4.0
+TTL = 8.0
 
 
 def body(session: str | None = None) -> dict[str, Any]:

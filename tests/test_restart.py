@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -114,10 +115,14 @@ class Load:
                 await asyncio.sleep(0.05)
 
 
-def stopped(process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> float:
+async def stopped(
+    process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM
+) -> float:
+    """Signal and wait without blocking the event loop: the fake orchestrator runs on it, and
+    a daemon stopping with a call to it in flight would otherwise wait for that call."""
     began = time.monotonic()
     process.send_signal(how)
-    process.wait(20)
+    await asyncio.to_thread(process.wait, 20)
     return time.monotonic() - began
 
 
@@ -152,7 +157,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         async with Load(base, w0, w1) as load:
             await asyncio.sleep(0.5)
             for how in (signal.SIGTERM, signal.SIGKILL):
-                took = stopped(process, how)
+                took = await stopped(process, how)
                 assert took < 2.0, f"{how.name} → exit took {took:.2f} s"
                 process = holder.spawn(env, log=log)
                 await eventually(lambda: ready(base), within=30, what="ready again")
@@ -187,7 +192,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         assert waiter.returncode == 0, out
         await eventually(lambda: not orch.runners, what="every runner unregistered")
         # Kept across a restart until cancelled.
-        stopped(process)
+        await stopped(process)
         process = holder.spawn(env, log=log)
         await eventually(lambda: ready(base), within=30, what="ready again")
         assert all(w["drained_by_operator"] for w in await workers(base))
@@ -196,7 +201,7 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         await eventually(lambda: len(orch.runners) == 2, what="back in service")
     finally:
         with contextlib.suppress(Exception):
-            stopped(process)
+            await stopped(process)
         holder.close()
         await orch.stop()
         remove_containers(docker_client, instance)
@@ -271,7 +276,7 @@ async def test_an_upgrade_from_the_previous_release_adopts_every_container(
             await eventually(lambda: _all_warm(base, 3), within=60, what="old release warm")
             before = {w["worker_id"]: w["container_id"] for w in await workers(base)}
         finally:
-            stopped(old)
+            await stopped(old)
         new = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "byoc_orch", "run"],
             env=env,
@@ -285,7 +290,7 @@ async def test_an_upgrade_from_the_previous_release_adopts_every_container(
             assert after == before, "every container adopted, none recreated"
             await eventually(lambda: len(orch.runners) == 3, what="runners registered")
         finally:
-            stopped(new)
+            await stopped(new)
     finally:
         await orch.stop()
         remove_containers(docker_client, instance)
@@ -312,3 +317,48 @@ def _cli(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+async def test_a_connection_accepted_as_the_process_stops_gets_its_answer(
+    harness: Harness, instance: str, tmp_path: Path
+) -> None:
+    """uvicorn closes every connection without a request in progress when it shuts down; one
+    accepted a moment before SIGTERM whose request is still on the way (and one half-way
+    through its head) would see a reset. byoc-orch serves that request, then closes."""
+    port = free_port()
+    models = tmp_path / "aiModels.json"
+    models.write_text("[]")
+    orch = FakeLivepeer(SECRET)
+    env = daemon_env(harness, instance, port, models, tmp_path / "state", orch)
+    log = tmp_path / "daemon.log"
+    holder = SocketHolder(port)
+    process = holder.spawn(env, log=log)
+    try:
+        await eventually(lambda: ready(f"http://127.0.0.1:{port}"), within=30, what="ready")
+        silent = socket.create_connection(("127.0.0.1", port))
+        halfway = socket.create_connection(("127.0.0.1", port))
+        halfway.sendall(b"GET /healthz HTTP/1.1\r\nHost: byoc\r\n")
+        # Both accepted by this process: a request on a third connection is answered after them.
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        await eventually(
+            lambda: "Shutting down" in log.read_text(errors="replace"),
+            what="uvicorn shutting down",
+        )
+        silent.sendall(b"GET /healthz HTTP/1.1\r\nHost: byoc\r\n\r\n")
+        halfway.sendall(b"\r\n")
+        for connection in (silent, halfway):
+            connection.settimeout(10)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+            connection.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert b"connection: close" in answer.lower()
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        holder.close()

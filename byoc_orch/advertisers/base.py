@@ -5,6 +5,13 @@ An advertiser mirrors the capability registry's warm set into one outward protoc
 registry calls subscribers synchronously inside the event loop, so an advertiser's callback
 only records the change and wakes the advertiser's own task; every network call happens in that
 task. A slow or refusing go-livepeer therefore delays nothing but that advertiser.
+
+Every wait between calls — a retry's back-off, the refused-secret retry, BYOC's probe and
+refresh, a Live Runner heartbeat — is jittered: drawn from `[1 - JITTER, 1]` of its nominal
+length. A fleet of hosts whose orchestrator went away together backs off together; without it,
+they would all come back at the same instant and re-register the whole fleet's warm set in one
+burst. Jitter only shortens a wait, so each setting stays an upper bound and a heartbeat is never
+later than the registry's interval, far inside its TTL.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +37,15 @@ from byoc_orch.settings import Settings
 
 CALL_TIMEOUT = 5.0
 """Seconds one call to go-livepeer may take; go-livepeer answers these from memory."""
+
+JITTER = 0.2
+"""The share of a wait that jitter may take off it (see the module docstring)."""
+
+
+def jittered(delay: float, draw: float, spread: float = JITTER) -> float:
+    """`delay` shortened by `draw` (in [0, 1), from the random source) × `spread` of itself:
+    never longer than `delay`, never shorter than `(1 - spread) × delay`."""
+    return delay * (1.0 - spread * min(max(draw, 0.0), 1.0))
 
 
 class Result(StrEnum):
@@ -60,6 +77,12 @@ class Reply:
     """What went wrong, without URL credentials or headers; None when an answer came back."""
 
 
+HANDOVER_WAIT = 1.0
+"""Seconds a stop that withdraws nothing waits for the call to go-livepeer in flight: one that
+answers at all answers well within it, and one that does not must not delay the restart (an
+unrecorded first registration is recovered by the next process as a held runner id)."""
+
+
 class Advertiser(abc.ABC):
     """Mirrors the warm set into one outward protocol; built by `build_advertisers`."""
 
@@ -78,11 +101,14 @@ class Advertiser(abc.ABC):
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] | None = None,
     ) -> None:
         """`clock` is what every retry, probe, refresh and heartbeat is timed by (monotonic
-        seconds); tests move it by hand."""
+        seconds); tests move it by hand. `draw` is the jitter's random source (uniform in
+        [0, 1)); by default one seeded from the OS, so no two hosts draw alike."""
         self.settings = settings
         self._clock = clock
+        self._draw = draw if draw is not None else random.Random().random
         self.registry = registry
         self.metrics = metrics
         self._shared_http = http
@@ -105,6 +131,10 @@ class Advertiser(abc.ABC):
                 orch_url=display_url(settings.orch_url),
             )
 
+    def _jitter(self, delay: float) -> float:
+        """One wait between calls, jittered (see the module docstring)."""
+        return jittered(delay, self._draw())
+
     def _refused(self, now: float, reply: Reply, message: str) -> bool:
         """go-livepeer refused the secret: say so once, then ask only every retry_max."""
         if self._state is not OrchState.REFUSED:
@@ -112,12 +142,12 @@ class Advertiser(abc.ABC):
         else:
             self.log.debug("go-livepeer still refuses the orchestrator secret")
         self._state = OrchState.REFUSED
-        self._retry_at = now + self._retry_max
+        self._retry_at = now + self._jitter(self._retry_max)
         return False
 
     def _unreachable(self, now: float, reply: Reply, message: str) -> bool:
         """go-livepeer did not answer: back off, warning once per outage."""
-        delay = self._backoff.next()
+        delay = self._jitter(self._backoff.next())
         if self._state is not OrchState.DOWN:
             self.log.warning(message, orch_url=self.orch_url, error=reply.error, retry_in=delay)
         else:
@@ -138,7 +168,10 @@ class Advertiser(abc.ABC):
     async def aclose(self, unregister: bool = True, timeout: float = 5.0) -> None:
         """Stop; with `unregister`, withdraw from go-livepeer everything this advertiser put
         there. The call in flight is let finish (so nothing go-livepeer accepted goes unrecorded),
-        and all of it gives up after `timeout` seconds so shutdown is never held hostage."""
+        and all of it gives up after `timeout` seconds so shutdown is never held hostage — after
+        HANDOVER_WAIT when nothing is withdrawn (a restart: the next process takes over)."""
+        if not unregister:
+            timeout = min(timeout, HANDOVER_WAIT)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -290,7 +323,8 @@ class Advertiser(abc.ABC):
 
 
 class Backoff:
-    """Exponential retry delays: `initial`, doubling, capped at `maximum`."""
+    """Exponential retry delays: `initial`, doubling, capped at `maximum` (nominal: the
+    advertiser jitters each one)."""
 
     def __init__(self, initial: float, maximum: float) -> None:
         self.initial = initial

@@ -53,11 +53,13 @@ Decisions:
   quicker than the probe, or a capability go-livepeer dropped after a failed call. Busy ones wait
   for an idle moment.
 * **Retries** — connection errors, timeouts and 5xx back off from `register_retry_initial`
-  doubling to `register_retry_max`; withdrawals queue meanwhile and go first when it comes back.
-  A refused secret is logged once as an error and then retried only every `register_retry_max`
-  seconds with a single call, so fixing `-orchSecret` (a go-livepeer restart) is picked up
-  without restarting byoc-orch while go-livepeer's log is not flooded. A body go-livepeer cannot
-  read is logged with its reason and not sent again until it changes.
+  doubling to `register_retry_max`, each wait jittered down by up to a fifth (base.JITTER), as
+  are the probe and refresh intervals, so hosts that lost one orchestrator together do not
+  all re-register the moment it is back; withdrawals queue meanwhile and go first when it
+  comes back. A refused secret is logged once as an error and then retried only every
+  `register_retry_max` seconds with a single call, so fixing `-orchSecret` (a go-livepeer
+  restart) is picked up without restarting byoc-orch while go-livepeer's log is not flooded. A
+  body go-livepeer cannot read is logged with its reason and not sent again until it changes.
 
 The secret only ever travels in the Authorization header: never in a URL, a log line,
 describe() or an error text.
@@ -180,8 +182,8 @@ class ByocRegisterAdvertiser(Advertiser):
         self._force_all = False
         self._refresh_idle = False
         now = self._clock()
-        self._next_refresh = now + self._refresh_interval
-        self._next_probe = now + self._probe_interval
+        self._next_refresh = now + self._jitter(self._refresh_interval)
+        self._next_probe = now + self._jitter(self._probe_interval)
 
     # ------------------------------------------------------------------ interface
 
@@ -249,7 +251,7 @@ class ByocRegisterAdvertiser(Advertiser):
         if self._state is not OrchState.UP and now < self._retry_at:
             return
         if self._state is OrchState.UP and now >= self._next_refresh:
-            self._next_refresh = now + self._refresh_interval
+            self._next_refresh = now + self._jitter(self._refresh_interval)
             self._refresh_idle = True
         desired = self._desired()
         if self._told and now >= self._told_until:
@@ -310,7 +312,7 @@ class ByocRegisterAdvertiser(Advertiser):
         if called:
             return
         if self._state is OrchState.REFUSED:
-            self._retry_at = now + self._retry_max
+            self._retry_at = now + self._jitter(self._retry_max)
         elif self._state is OrchState.DOWN or now >= self._next_probe:
             self._after(await self._probe())
 
@@ -349,7 +351,7 @@ class ByocRegisterAdvertiser(Advertiser):
         """Track go-livepeer's state from a reply; False means stop this pass."""
         now = self._clock()
         if reply.result in (Result.OK, Result.REJECTED):
-            self._next_probe = now + self._probe_interval
+            self._next_probe = now + self._jitter(self._probe_interval)
             if self._state is not OrchState.UP:
                 self.log.info(
                     "go-livepeer answers again; re-registering the warm set",

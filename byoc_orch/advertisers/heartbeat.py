@@ -374,7 +374,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
                     return
                 break
         if not called and self._state is not OrchState.UP:
-            self._retry_at = now + self._retry_max
+            self._retry_at = now + self._jitter(self._retry_max)
 
     def _after(self, reply: Reply) -> bool:
         now = self._clock()
@@ -440,8 +440,9 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
             runner.ttl = go_duration(answer.get("heartbeat_ttl"), DEFAULT_TTL)
             runner.sent, runner.last_ok, runner.rejected = body, now, None
             # A runner holding sessions asks twice per interval, so a session the registry
-            # released is stopped here within half an interval (DESIGN §5: one).
-            runner.next_due = now + (runner.interval / 2 if mark else runner.interval)
+            # released is stopped here within half an interval (DESIGN §5: one). Jitter only
+            # brings a heartbeat forward: never later than the registry's interval.
+            runner.next_due = now + self._jitter(runner.interval / 2 if mark else runner.interval)
             runner.listed = tuple(str(i) for i in listed)
             self._hooks.sessions_listed(worker_id, runner.runner_id, list(runner.listed), mark)
         elif bootstrap and reply.status == 401 and reply.result is Result.REJECTED:
@@ -454,7 +455,7 @@ class LiveRunnerHeartbeatAdvertiser(Advertiser):
                     worker_id=share.worker_id,
                     runner_id=runner.runner_id,
                 )
-            runner.held_until = now + runner.interval
+            runner.held_until = now + self._jitter(runner.interval)
         elif reply.result is Result.REJECTED and reply.status not in (401, 404):
             runner.rejected = (body, reply.error or "")
             hint = ""

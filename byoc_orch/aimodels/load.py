@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from byoc_orch.aimodels.checks import duplicate_capabilities, port_conflicts
 from byoc_orch.aimodels.entry import ModelEntry
@@ -23,6 +24,9 @@ from byoc_orch.aimodels.ports import NO_PORTS
 from byoc_orch.aimodels.problems import ModelsFileError, Problem, problem_order
 from byoc_orch.aimodels.reading import read_text
 from byoc_orch.gpu import GpuInfo
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,29 +40,23 @@ class ModelsFile:
     replicas: dict[str, tuple[ReplicaSlot, ...]] = field(default_factory=dict)
 
 
-def load_models(
-    path: Path,
-    *,
-    reserved_ports: Mapping[int, str] = NO_PORTS,
-    gpu_pool: GpuPool | None = None,
-    pool_configured: bool = False,
-    gpu_inventory: Sequence[GpuInfo] = (),
-    engine_socket: str | None = None,
-) -> ModelsFile:
+class HostFacts(TypedDict, total=False):
+    """What `parse_models` knows of this host, besides the text (see there)."""
+
+    reserved_ports: Mapping[int, str]
+    gpu_pool: GpuPool | None
+    pool_configured: bool
+    gpu_inventory: Sequence[GpuInfo]
+    engine_socket: str | None
+
+
+def load_models(path: Path, **host: Unpack[HostFacts]) -> ModelsFile:
     """Read and check aiModels.json and place its replicas; raise ModelsFileError listing every
     problem, and nothing else whatever the file holds. Only a regular file of at most
     MAX_FILE_BYTES is read (a FIFO, device, socket or directory is refused without opening it
-    for a blocking read). See `parse_models` for the other arguments."""
+    for a blocking read). `host` as for `parse_models`."""
     source = str(path)
-    return parse_models(
-        read_text(path, source),
-        source=source,
-        reserved_ports=reserved_ports,
-        gpu_pool=gpu_pool,
-        pool_configured=pool_configured,
-        gpu_inventory=gpu_inventory,
-        engine_socket=engine_socket,
-    )
+    return parse_models(read_text(path, source), source=source, **host)
 
 
 def parse_models(

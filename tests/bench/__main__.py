@@ -16,7 +16,9 @@ replicas beside 1, the capability staying listed through a rolling replacement o
 (the pass-through: 64 MiB bodies up and down beside direct, with the daemon's peak RSS;
 small-request added latency; 32 concurrent clients beside direct), `live_runner` (sessions
 made through the fake registry: a worker's end released there, a release there stopped here,
-a rolling replacement cutting none, a call through the registry's proxy beside direct).
+a rolling replacement cutting none, a call through the registry's proxy beside direct),
+`restart_load` (5 restarts under socket activation with 200 calls/s through byoc-orch: failed
+calls, added latency, exec → first proxied call, exec → all warm).
 `python -m tests.bench.supervision` is the old name for `--only healthy,crash,restart`.
 """
 
@@ -53,6 +55,7 @@ from tests.bench.proxy import proxy
 from tests.bench.pulls import pulls
 from tests.bench.replicas import replicas
 from tests.bench.restart import restart
+from tests.bench.restart_load import restart_load
 from tests.bench.scale import scale
 
 BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
@@ -65,6 +68,7 @@ BENCHES: dict[str, Callable[[Run], Awaitable[list[Figure]]]] = {
     "replicas": replicas,
     "batch": batch,
     "live_runner": live_runner,
+    "restart_load": restart_load,
 }
 
 

@@ -64,6 +64,7 @@ from typing import Any
 import httpx
 import uvloop
 
+from tests.bench import targets
 from tests.bench.common import (
     DaemonProcess,
     Figure,
@@ -84,7 +85,6 @@ BODY = 64 * MIB
 CAPACITY = 64
 CLIENTS = 32
 LOAD_SECONDS = 0.2
-RSS_LIMIT_MIB = 16.0
 WARM_WINDOW_S = 0.5
 TRANSFER_TIMEOUT = 120.0
 SIDES = ("proxy", "direct")
@@ -512,10 +512,7 @@ def _figures(
                 f"  64 MiB {way}load through byoc-orch ÷ direct (paired)",
                 "%",
                 ratio,
-                target="≥ 50 % of direct",
-                judge="p50",
-                limit=50.0,
-                at_least=True,
+                **targets.PASSTHROUGH_THROUGHPUT.figure(),
                 show_p99=False,
             ),
         ]
@@ -526,10 +523,7 @@ def _figures(
             f"  daemon peak RSS growth over {transfers} proxied 64 MiB transfers",
             "MiB",
             [grown],
-            target=f"< {RSS_LIMIT_MIB:g} MiB (not body-sized)",
-            judge="max",
-            limit=RSS_LIMIT_MIB,
-            strict=True,
+            **targets.PASSTHROUGH_MEMORY.figure(),
             show_p99=False,
         ),
         Figure("batch.echo.direct", "small POST /v1/echo (98 B), direct", "ms", echoed["direct"]),
@@ -541,9 +535,7 @@ def _figures(
             "small POST /v1/echo: added by byoc-orch (paired difference)",
             "ms",
             added,
-            target="p50 ≤ 1 ms",
-            judge="p50",
-            limit=1.0,
+            **targets.PASSTHROUGH_SMALL_ADDED.figure(),
         ),
         Figure(
             "batch.concurrent.direct",
@@ -579,9 +571,7 @@ def _figures(
             f"  {CLIENTS} clients: answers other than 200, per window (either side)",
             "",
             [w["errors"] for side in SIDES for w in loaded[side]],
-            target="0",
-            judge="max",
-            limit=0,
+            **targets.CONCURRENT_ERRORS.figure(),
         ),
     ]
     return figures

@@ -72,6 +72,8 @@ class Figure:
     note: str = ""
     show_p99: bool = True
     at_least: bool = False
+    design: str = ""
+    """DESIGN §5's words for the target (tests/bench/targets.py), when it has one."""
 
     def stat(self, name: str) -> float | None:
         if not self.samples:
@@ -108,6 +110,7 @@ class Figure:
             "trials": len(self.samples),
             **{name: self.stat(name) for name in ("p50", "p99", "mean", "min", "max")},
             "target": self.target or None,
+            "design_target": self.design or None,
             "judged_on": self.judge if self.limit is not None else None,
             "limit": self.limit,
             "limit_is_floor": self.at_least,

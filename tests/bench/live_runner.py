@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from tests.bench import targets
 from tests.bench.common import (
     PIPELINE,
     DaemonProcess,
@@ -199,18 +200,14 @@ async def _ends(
                 "noticing)",
                 "ms",
                 crash,
-                target="≤ 1000 ms p99",
-                judge="p99",
-                limit=1000.0,
+                **targets.RELEASED_AT_ORCHESTRATOR.figure(),
             ),
             Figure(
                 "lr_orchestrator_release_stopped",
                 "Live Runner: orchestrator release → stop sent to the worker (heartbeat 1 s)",
                 "ms",
                 release,
-                target="≤ 1000 ms p99 (one interval)",
-                judge="p99",
-                limit=INTERVAL * 1000,
+                **targets.RELEASE_STOPPED.figure(),
             ),
         ]
         added = await _proxy_added(run, orch, http, route, port)
@@ -221,8 +218,7 @@ async def _ends(
                 "added latency",
                 "ms",
                 added,
-                target="≤ 1 ms p50",
-                limit=1.0,
+                **targets.SESSION_CALL_ADDED.figure(),
             )
         )
         return figures
@@ -332,9 +328,7 @@ async def _rolling(
                 "released at the orchestrator before their client ended them",
                 "",
                 early,
-                target="0",
-                judge="max",
-                limit=0.0,
+                **targets.NO_SESSION_RELEASED_EARLY.figure(),
                 show_p99=False,
             )
         ]

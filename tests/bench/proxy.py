@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from tests.bench import targets
 from tests.bench.common import (
     DaemonProcess,
     Figure,
@@ -157,9 +158,7 @@ async def proxy(run: Run) -> list[Figure]:
                 f"session {call}: added by byoc-orch (paired difference)",
                 "ms",
                 added[call],
-                target="p50 ≤ 1 ms",
-                judge="p50",
-                limit=1.0,
+                **targets.SESSION_CALL_ADDED.figure(),
             ),
         ]
     figures += [
@@ -170,9 +169,7 @@ async def proxy(run: Run) -> list[Figure]:
             "session start+stop: added by byoc-orch",
             "ms",
             added_pair,
-            target="p50 ≤ 2 ms (1 ms a call)",
-            judge="p50",
-            limit=2.0,
+            **targets.SESSION_PAIR_ADDED.figure(),
         ),
     ]
     return figures

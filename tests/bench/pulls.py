@@ -26,6 +26,7 @@ from byoc_orch.aimodels import parse_models
 from byoc_orch.daemon import Daemon
 from byoc_orch.settings import Settings
 from byoc_orch.worker_state import State
+from tests.bench import targets
 from tests.bench.common import Figure, Run, free_port, log, managed_entries, remove_instance, until
 
 ENTRIES = 8
@@ -209,10 +210,7 @@ async def pulls(run: Run) -> list[Figure]:
             f"{ENTRIES} entries, one image: pulls started (Engine.pulls_started)",
             "",
             counted["adapter"],
-            target="exactly 1",
-            judge="max",
-            limit=1,
-            minimum=1,
+            **targets.ONE_PULL.figure(),
         )
     ]
     if have_log:
@@ -222,10 +220,7 @@ async def pulls(run: Run) -> list[Figure]:
                 f"{ENTRIES} entries, one image: pulls seen by the registry (tag manifest requests)",
                 "",
                 counted["byoc_manifests"],
-                target="exactly 1",
-                judge="max",
-                limit=1,
-                minimum=1,
+                **targets.ONE_PULL.figure(),
             ),
             Figure(
                 "pulls.registry.layers",

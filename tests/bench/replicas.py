@@ -55,6 +55,7 @@ from typing import Any
 import docker
 import httpx
 
+from tests.bench import targets
 from tests.bench.common import (
     PIPELINE,
     DaemonProcess,
@@ -236,10 +237,7 @@ async def _cold(run: Run) -> list[Figure]:
             f"{COLD_REPLICAS} replicas of one entry, image not local: pulls dockerd got",
             "",
             [r["dockerd_pulls"] for r in many],
-            target="exactly 1",
-            judge="max",
-            limit=1,
-            minimum=1,
+            **targets.ONE_PULL.figure(),
         ),
         Figure(
             "replicas.cold.all_warm",
@@ -363,9 +361,7 @@ async def _routing(run: Run) -> list[Figure]:
                     f"session {call} via entry, {replicas} {plural}: added by byoc-orch",
                     "ms",
                     added[(side, call)],
-                    target="p50 ≤ 1 ms",
-                    judge="p50",
-                    limit=1.0,
+                    **targets.SESSION_CALL_ADDED.figure(),
                 )
             )
     ratio = statistics.median(added[(many, "start")]) / statistics.median(added[("r1", "start")])
@@ -505,20 +501,14 @@ async def _rollout(run: Run) -> list[Figure]:
             f"rolling replacement of {ROLLING_REPLICAS} replicas: polls listing the capability",
             "%",
             [r["listed_pct"] for r in raw],
-            target="100 %",
-            judge="min",
-            limit=100.0,
-            minimum=100.0,
+            **targets.ROLLOUT_LISTED.figure(),
         ),
         Figure(
             "replicas.rollout.min_capacity",
             "  fewest replicas taking sessions in any poll (capacity 1 each)",
             "",
             [r["min_capacity"] for r in raw],
-            target=f"≥ {ROLLING_REPLICAS - 1} of {ROLLING_REPLICAS}",
-            judge="min",
-            limit=ROLLING_REPLICAS,
-            minimum=ROLLING_REPLICAS - 1,
+            **targets.ROLLOUT_CAPACITY.figure(),
         ),
         Figure(
             "replicas.rollout.seconds",

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from tests.bench import targets
 from tests.bench.common import (
     DaemonProcess,
     Figure,
@@ -120,9 +121,7 @@ async def restart(run: Run) -> list[Figure]:
                     f"restart N={n} (load {load:g} s), adoption: exec → all listed",
                     "s",
                     sides["adopt"],
-                    target="p50 ≤ 1 s",
-                    judge="p50",
-                    limit=1.0,
+                    **targets.RESTART_ALL_WARM.figure(),
                 ),
                 Figure(
                     f"restart.recreate.n{n}.load{load:g}",
@@ -137,9 +136,7 @@ async def restart(run: Run) -> list[Figure]:
             "restart, adoption: containers recreated (every N and trial)",
             "",
             recreated_adopting,
-            target="0",
-            judge="max",
-            limit=0,
+            **targets.RESTART_RECREATED.figure(),
         ),
         Figure(
             "restart.adopt.api_up",

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tests.bench import targets
 from tests.bench.common import (
     PIPELINE,
     ROOT,
@@ -35,7 +36,6 @@ from tests.bench.common import (
 )
 
 SIZES = (32, 128, 256)
-TARGET_AT = 256
 
 
 def _spawn_farm(run: Run, count: int) -> subprocess.Popen[bytes]:
@@ -138,26 +138,21 @@ async def scale(run: Run) -> list[Figure]:
                 f"scale {count}: {got['probes_per_worker_per_s']:.2f} probes/worker/s, "
                 f"{got['listed_at_end']} listed at the end (want ~1 and {count})"
             )
-        judged = count == TARGET_AT
+        judged = count in targets.SCALE
         figures += [
             Figure(
                 f"scale.cpu.{count}",
                 f"{count} external workers polled 1/s: CPU (% of a core, 1-s windows)",
                 "%",
                 got["cpu_samples_pct"],
-                target="mean < 15 %" if judged else "",
-                judge="mean",
-                limit=15.0 if judged else None,
-                strict=True,
+                **(targets.SCALE[count][0].figure() if judged else {"judge": "mean"}),
             ),
             Figure(
                 f"scale.rss.{count}",
                 f"{count} external workers: peak RSS (VmHWM)",
                 "MB",
                 [got["peak_rss_mb"]],
-                target="≤ 80 MB" if judged else "",
-                judge="max",
-                limit=80.0 if judged else None,
+                **(targets.SCALE[count][1].figure() if judged else {"judge": "max"}),
                 show_p99=False,
             ),
             Figure(
