@@ -400,7 +400,11 @@ def _version(settings: Settings) -> int:
         print(f"daemon: at {client.base}, a byoc-orch too old to say its version")
         return EXIT_OK
     commit = ready.get("commit") or "unknown"
-    note = "" if version == __version__ else "  (differs from the client: restart the service?)"
+    from byoc_orch.build_info import commit as client_commit
+
+    mine = client_commit()
+    differs = version != __version__ or (commit != "unknown" and mine and commit != mine)
+    note = "  (differs from the client: restart the service?)" if differs else ""
     print(f"daemon: byoc-orch {version} (commit {commit[:12]}) at {client.base}{note}")
     return EXIT_OK
 

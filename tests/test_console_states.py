@@ -7,6 +7,7 @@ entry is DOWN with its crash (an OOM kill, SIGKILL) kept in REASON through the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -21,6 +22,7 @@ import docker
 import httpx
 import pytest
 
+from byoc_orch.cli import main
 from byoc_orch.exit_codes import EXIT_DEGRADED, EXIT_OK
 from byoc_orch.settings import load_settings
 from byoc_orch.status_watch import watch
@@ -34,13 +36,21 @@ pytestmark = pytest.mark.engine
 
 SLOW = "st-slow"
 WARM = "st-warm"
-CRASH = "st-oom"
+CRASH = "st-killed"
 
 
 def killed_entry(harness: Harness) -> dict[str, Any]:
     """Loads for ten minutes: long enough to be SIGKILLed (as the OOM killer would) while it
     comes back, again and again."""
     return worker_entry(harness, CRASH, gpus="none", env={"DEMO_LOAD_SECONDS": "600"})
+
+
+def sample(title: str, text: str) -> None:
+    """Keep a status output for the record when BYOC_STATUS_SAMPLES names a file."""
+    path = os.environ.get("BYOC_STATUS_SAMPLES")
+    if path:
+        with open(path, "a", encoding="utf-8") as kept:
+            kept.write(f"$ byoc-orch status   # {title}\n{text}\n")
 
 
 def lines_by_entry(text: str) -> dict[str, str]:
@@ -109,7 +119,7 @@ async def test_starting_drained_and_crash_looping_entries_and_their_exit_codes(
         # Replicas coming up are `starting`, not DOWN, and page nobody.
         assert await cli(["status"]) == EXIT_OK
         starting = capsys.readouterr().out
-        print("STATUS starting (exit 0):\n" + starting, file=sys.stderr)
+        sample("a starting entry: exit 0", starting)
         line = lines_by_entry(starting)[f"live-video-to-video/{SLOW}"]
         assert line.split()[1] == "starting" and "0/1 replica warm" in line
         assert await cli(["status", "--json"]) == EXIT_OK
@@ -136,7 +146,7 @@ async def test_starting_drained_and_crash_looping_entries_and_their_exit_codes(
 
                 assert await cli(["status"]) == EXIT_OK
                 drained = capsys.readouterr().out
-                print("STATUS drained (exit 0):\n" + drained, file=sys.stderr)
+                sample("a drained entry: exit 0", drained)
                 line = lines_by_entry(drained)[f"live-video-to-video/{WARM}"]
                 assert line.split()[1] == "drained" and "undrain" in line
                 await eventually(
@@ -196,7 +206,7 @@ async def test_starting_drained_and_crash_looping_entries_and_their_exit_codes(
             await eventually(restarting_after_the_kill, within=60, what="restarting, twice")
             assert await cli(["status"]) == EXIT_DEGRADED
             looping = capsys.readouterr().out
-            print("STATUS crash-looping (exit 3):\n" + looping, file=sys.stderr)
+            sample("a crash-looping entry: exit 3", looping)
             entry_line = lines_by_entry(looping)[f"live-video-to-video/{CRASH}"]
             assert entry_line.split()[1] == "DOWN"
             rows = looping.splitlines()
@@ -232,3 +242,25 @@ async def test_status_watch_on_a_pipe_prints_nothing_new_while_nothing_changes(
         assert code == EXIT_OK
         text = out.getvalue()
         assert text.count("--- ") == 1 and "(exit 0)" in text and "\x1b" not in text
+
+        # On a terminal: redrawn in place, each line cleared to its end, no blank frame.
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        screen = Terminal()
+        await asyncio.to_thread(
+            watch, load_settings(), as_json=False, interval=0.1, out=screen, looks=3
+        )
+        frames = screen.getvalue().split("\x1b[H")[1:]
+        assert frames and all(f.endswith("\x1b[J") and "\x1b[K\n" in f for f in frames)
+        assert "\x1b[2J" not in screen.getvalue()
+
+        # `version` names the daemon's version and commit beside the client's.
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert await asyncio.to_thread(main, ["version"]) == EXIT_OK
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("client: byoc-orch ")
+        assert lines[-1].startswith("daemon: byoc-orch ") and daemon.base in lines[-1]
+        assert "differs" not in lines[-1]
