@@ -4,6 +4,8 @@ URLs and the probes before FastAPI; this is the rest."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -149,7 +151,7 @@ def fastapi_app(daemon: Daemon) -> FastAPI:
             return JSONResponse(
                 {"result": "rejected", "error": f"nothing was changed: {exc}"}, status_code=503
             )
-        return JSONResponse({"result": "planned" if dry_run else "applied", **applied.summary()})
+        return JSONResponse({"result": "planned" if dry_run else "applied", **applied.report()})
 
     def _named(name: str) -> list[Worker] | JSONResponse:
         found = daemon.replicas_named(name)
@@ -170,12 +172,14 @@ def fastapi_app(daemon: Daemon) -> FastAPI:
         found = _named(name)
         if isinstance(found, JSONResponse):
             return found
+        taken_at = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds")
         if action == "restart":
             daemon.restart(found)
         else:
             daemon.drain(found, action == "drain")
         return JSONResponse(
-            {"result": action, "workers": [w.worker_id for w in found]}, status_code=202
+            {"result": action, "workers": [w.worker_id for w in found], "at": taken_at},
+            status_code=202,
         )
 
     @app.post("/workers/{name}/restart", status_code=202)

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from byoc_orch import __version__
+from byoc_orch.completion import SHELLS
 from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.settings import (
     DEFAULT_ENV_FILE,
+    SECRET_SETTINGS,
     Settings,
     SettingsError,
     load_settings,
@@ -37,16 +39,12 @@ __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_UNAVAILABLE", "build_parser", "main"
 
 def _settings_flags() -> argparse.ArgumentParser:
     """One flag per setting, from the Settings model (values are checked by it, with the
-    variable's name in the error)."""
+    variable's name in the error); only `run` and `config show` take them. Secrets have none."""
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("settings (override BYOC_ORCH_* and the env file)")
-    group.add_argument(
-        "--env-file",
-        type=Path,
-        help=f"env file of BYOC_ORCH_* settings (default: $BYOC_ORCH_ENV_FILE, else "
-        f"{DEFAULT_ENV_FILE} when it exists)",
-    )
     for name, field in Settings.model_fields.items():
+        if name in SECRET_SETTINGS:
+            continue
         option = "--" + name.replace("_", "-")
         aliases = ["--models"] if name == "models_path" else []
         text = f"{field.description or ''} [BYOC_ORCH_{name.upper()}]".strip()
@@ -56,61 +54,171 @@ def _settings_flags() -> argparse.ArgumentParser:
                 option, *aliases, dest=name, action=argparse.BooleanOptionalAction, help=text
             )
         else:
+            typed: dict[str, Any] = {"type": Path} if name == "models_path" else {}
             group.add_argument(
                 option,
                 *aliases,
                 dest=name,
                 choices=choices,
                 metavar=None if choices else name.upper(),
-                help=text,
+                help=text.replace("%", "%%"),
+                **typed,
             )
     return flags
 
 
+def _env_file_flag() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"env file of BYOC_ORCH_* settings (default: $BYOC_ORCH_ENV_FILE, else "
+        f"{DEFAULT_ENV_FILE} when it exists); the daemon is found at its HOST and PORT",
+    )
+    return flags
+
+
+class _RefusedSecret(argparse.Action):
+    """A flag for a secret: refused, its value never shown, the variable named instead (a
+    secret on the command line is readable in `ps` and kept in the shell's history)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        variable = "BYOC_ORCH_" + self.dest.upper()
+        print(
+            f"byoc-orch: {option_string} is not taken on the command line, where `ps` and the "
+            f"shell history would show it; set {variable} in the environment or in the env "
+            f"file (--env-file, default {DEFAULT_ENV_FILE}), e.g. {variable}=… in that file "
+            "with mode 0600",
+            file=sys.stderr,
+        )
+        parser.exit(EXIT_INVALID)
+
+
+def _refuse_secret_flags(parser: argparse.ArgumentParser) -> None:
+    for name in sorted(SECRET_SETTINGS):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            nargs="?",
+            action=_RefusedSecret,
+            help=argparse.SUPPRESS,
+        )
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from byoc_orch.build_info import described
+
+        print(described())
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    flags = _settings_flags()
+    settings_flags, env_file = _settings_flags(), _env_file_flag()
     parser = argparse.ArgumentParser(
         prog="byoc-orch",
         description="Run Livepeer BYOC worker containers from aiModels.json; advertise warm ones.",
+        epilog="Settings come from BYOC_ORCH_* variables and the env file; `byoc-orch run "
+        "--help` lists them. Secrets (BYOC_ORCH_API_TOKEN, BYOC_ORCH_ORCH_SECRET, registry "
+        "credentials in the Docker config.json) are never flags.",
     )
+    parser.add_argument("--version", action=_Version)
+    _refuse_secret_flags(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("run", parents=[flags], help="run the daemon")
-    validate = commands.add_parser(
-        "validate", parents=[flags], help="check an aiModels.json and summarise its entries"
+
+    def command(
+        name: str, text: str, *, settings: bool = False, reads_env: bool = True, **more: Any
+    ) -> argparse.ArgumentParser:
+        parents = [settings_flags] if settings else []
+        if reads_env:
+            parents.insert(0, env_file)
+        sub = commands.add_parser(name, parents=parents, help=text, description=more.pop(
+            "description", text[:1].upper() + text[1:] + "."), **more)
+        _refuse_secret_flags(sub)
+        return sub
+
+    command("run", "run the daemon", settings=True)
+    validate = command("validate", "check an aiModels.json and summarise its entries")
+    validate.add_argument(
+        "path", nargs="?", type=Path, help="file to check (default: BYOC_ORCH_MODELS_PATH)"
     )
-    validate.add_argument("path", nargs="?", type=Path, help="file to check (default: --models)")
-    status = commands.add_parser(
+    status = command(
         "status",
-        parents=[flags],
-        help="the running daemon's entries and replicas (exit 3 if one that should be warm is not)",
+        "the running daemon's entries and replicas",
+        description="The running daemon's entries and replicas. Exit 0 when every entry is "
+        "warm, cold, starting or drained; 3 when one is DOWN or DEGRADED (a failure) or the "
+        "daemon is not ready; 2 when the daemon cannot be reached.",
     )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
-    logs = commands.add_parser(
-        "logs",
-        parents=[flags],
-        help="a worker's container log and its last failed container's final lines",
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching: redraw on a terminal, or print a new block only when something "
+        "changed (to a pipe or file)",
     )
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between looks with --watch"
+    )
+    logs = command("logs", "a worker's container log and its last failed container's final lines")
     logs.add_argument("name", help="worker id, entry id or model_id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("--tail", type=int, default=100, help="lines of the log (default 100)")
-    reload = commands.add_parser(
+    reload = command(
         "reload",
-        parents=[flags],
-        help="reload aiModels.json in the running daemon and print what changed (or every "
-        "problem; exit 1 if rejected)",
+        "reload aiModels.json in the running daemon and print what changed",
+        description="Reload aiModels.json in the running daemon and print what changed, field "
+        "by field (or every problem, exit 1, nothing changed).",
     )
     reload.add_argument("--dry-run", action="store_true", help="only print what would change")
-    for action, text in (
-        ("restart", "start a worker (or all replicas of an entry / model_id) afresh"),
-        ("drain", "stop sending new sessions and requests to a worker; running ones go on"),
-        ("undrain", "let a drained worker take sessions again"),
-    ):
-        command = commands.add_parser(action, parents=[flags], help=text)
-        command.add_argument("name", help="worker id, entry id or model_id")
-    withdraw = commands.add_parser(
+    restart = command("restart", "start a worker (or all replicas of an entry / model_id) afresh")
+    restart.add_argument("name", help="worker id, entry id or model_id")
+    restart.add_argument(
+        "--wait", action="store_true", help="return once every replica is warm again"
+    )
+    restart.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds --wait waits (default: BYOC_ORCH_STARTUP_TIMEOUT); then exit 3",
+    )
+    drain = command(
+        "drain",
+        "stop sending new sessions and requests to a worker; running ones go on",
+        description="Stop sending new sessions and requests to a worker (or every replica of "
+        "an entry / model_id) and stop advertising it; running ones go on. `status` shows it "
+        "`drained` and does not count it as a failure.",
+    )
+    drain.add_argument("name", help="worker id, entry id or model_id")
+    drain.add_argument(
+        "--wait",
+        action="store_true",
+        help="return once its sessions and requests have ended (exit 0) or --timeout passed "
+        "(exit 3)",
+    )
+    drain.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds --wait waits (default: BYOC_ORCH_DRAIN_TIMEOUT)",
+    )
+    undrain = command("undrain", "let a drained worker take sessions again")
+    undrain.add_argument("name", help="worker id, entry id or model_id")
+    withdraw = command(
         "withdraw",
-        parents=[flags],
-        help="take this host out of service without cutting a session (kept across restarts)",
+        "take this host out of service without cutting a session (kept across restarts)",
         description="Every replica drains: nothing new is sent or advertised, running sessions "
         "go on (their Live Runner runners stay registered until they end).",
     )
@@ -122,19 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop", action="store_true", help="then stop the daemon (after --wait, if given)"
     )
     withdraw.add_argument("--cancel", action="store_true", help="put the host back in service")
-    config = commands.add_parser("config", parents=[flags], help="settings")
+    config = command("config", "the effective settings, secrets masked", settings=True)
     config.add_argument(
         "what", choices=["show"], help="show: the effective settings, secrets masked"
     )
-    export = commands.add_parser(
+    export = command(
         "export",
-        parents=[flags],
-        help="print a file for go-livepeer: live-runners (-liveRunnerConfig) or aimodels",
+        "print a file for go-livepeer: live-runners (-liveRunnerConfig) or aimodels",
         description="live-runners: go-livepeer's -liveRunnerConfig document for every entry of "
         "aiModels.json, each gated by byoc-orch's readiness URL (no daemon needed). aimodels: "
         "the running daemon's warm entries as an aiModels.json pointing at byoc-orch.",
     )
     export.add_argument("what", choices=["live-runners", "aimodels"], help="what to print")
+    export.add_argument(
+        "--models",
+        dest="models_path",
+        type=Path,
+        help="live-runners: the aiModels.json to read (default: BYOC_ORCH_MODELS_PATH)",
+    )
     export.add_argument(
         "--format",
         choices=["go-livepeer", "livepeer-node"],
@@ -148,8 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="aimodels: put BYOC_ORCH_API_TOKEN in each entry's token (go-livepeer must send it "
         "to byoc-orch's proxy); keep the output file private",
     )
-    commands.add_parser("version", help="print versions")
-    commands.add_parser("schema", help="print the aiModels.json JSON Schema")
+    command(
+        "version",
+        "print the client's version and commit, and the running daemon's beside it",
+    )
+    command("schema", "print the aiModels.json JSON Schema", reads_env=False)
+    completion = command(
+        "completion",
+        "print a shell completion script",
+        reads_env=False,
+        description="Print a completion script generated from this command's own options: "
+        "bash (`byoc-orch completion bash > /etc/bash_completion.d/byoc-orch`), zsh (save as "
+        "`_byoc-orch` on $fpath) or fish (~/.config/fish/completions/byoc-orch.fish).",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell")
     return parser
 
 
@@ -164,18 +289,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "version":
-        return _version()
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "schema":
         from byoc_orch.schema import render
 
         sys.stdout.write(render())
         return EXIT_OK
+    if args.command == "completion":
+        from byoc_orch import completion
+
+        sys.stdout.write(completion.render(args.shell, parser))
+        return EXIT_OK
     try:
         settings = load_settings(args.env_file, **_overrides(args))
     except SettingsError as exc:
         print(f"byoc-orch: {exc}", file=sys.stderr)
+        if args.command == "version":
+            from byoc_orch.build_info import described
+
+            print(f"client: {described()}")
         return EXIT_INVALID
     if args.command == "validate":
         from byoc_orch.validate_cmd import run_validate
@@ -187,6 +320,8 @@ def _main(argv: list[str] | None) -> int:
             gpu_pool_setting=settings.gpu_pool_setting,
             engine_socket=settings.docker_host,
         )
+    if args.command == "version":
+        return _version(settings)
     if args.command == "export":
         return _export(settings, args.what, include_token=args.include_token, form=args.format)
     if args.command in CONSOLE:
@@ -205,6 +340,10 @@ def _console(args: argparse.Namespace, settings: Settings) -> int:
     from byoc_orch import console
 
     if args.command == "status":
+        if args.watch:
+            from byoc_orch.status_watch import watch
+
+            return watch(settings, as_json=args.json, interval=args.interval)
         return console.status(settings, as_json=args.json)
     if args.command == "logs":
         return console.logs(settings, args.name, follow=args.follow, tail=args.tail)
@@ -218,6 +357,11 @@ def _console(args: argparse.Namespace, settings: Settings) -> int:
         return withdraw(
             settings, wait=args.wait, timeout=args.timeout, stop=args.stop, cancel=args.cancel
         )
+    if getattr(args, "wait", False):
+        from byoc_orch import wait_cmd
+
+        wait = wait_cmd.restart_and_wait if args.command == "restart" else wait_cmd.drain_and_wait
+        return wait(settings, args.name, timeout=args.timeout)
     return console.act(settings, args.command, args.name)
 
 
@@ -235,11 +379,33 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _version() -> int:
+def _version(settings: Settings) -> int:
+    """The client's version and commit; the daemon's beside it when one answers (a daemon left
+    running across an upgrade still runs the old code)."""
     import docker
 
-    print(f"byoc-orch {__version__}")
-    print(f"python {platform.python_version()}, docker-py {docker.__version__}")
+    from byoc_orch.build_info import described
+    from byoc_orch.console import DaemonClient, DaemonUnreachable
+
+    print(f"client: {described()}")
+    print(f"        python {platform.python_version()}, docker-py {docker.__version__}")
+    client = DaemonClient(settings, timeout=3.0)
+    try:
+        ready = client.call("GET", "/readyz").json()
+    except (DaemonUnreachable, ValueError):
+        print(f"daemon: not reachable at {client.base}")
+        return EXIT_OK
+    version = ready.get("version")
+    if not version:
+        print(f"daemon: at {client.base}, a byoc-orch too old to say its version")
+        return EXIT_OK
+    commit = ready.get("commit") or "unknown"
+    from byoc_orch.build_info import commit as client_commit
+
+    mine = client_commit()
+    differs = version != __version__ or (commit != "unknown" and mine and commit != mine)
+    note = "  (differs from the client: restart the service?)" if differs else ""
+    print(f"daemon: byoc-orch {version} (commit {commit[:12]}) at {client.base}{note}")
     return EXIT_OK
 
 

@@ -5,13 +5,15 @@ Each asks the daemon's HTTP API at the address the same settings as `run` give (
 included), with BYOC_ORCH_API_TOKEN when one is set. When the daemon cannot be reached, `status`
 and `logs` say so and fall back to what Docker shows of this instance's containers. Exit codes:
 0 fine, 1 refused (bad input, rejected reload), 2 the daemon (or Docker) out of reach, 3 an
-entry that should be warm is not (so `status` works as a monitoring check).
+entry failed — DOWN or DEGRADED, never a planned `starting` or `drained` (entry_health.py) — so
+`status` works as a monitoring check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import sys
 import time
@@ -22,7 +24,8 @@ from typing import Any, TextIO
 import httpx
 
 from byoc_orch.engine import ContainerInfo
-from byoc_orch.exit_codes import EXIT_DEGRADED, EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
+from byoc_orch.entry_health import PAGING, Health, status_exit_code
+from byoc_orch.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_UNAVAILABLE
 from byoc_orch.settings import SECRET_SETTINGS, Settings
 
 
@@ -68,35 +71,48 @@ def status(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> i
     out = out or sys.stdout
     client = DaemonClient(settings)
     try:
-        ready = client.call("GET", "/readyz").json()
-        entries = client.json("/entries")
-        workers = client.json("/workers")
+        ready, entries = fetch_status(client)
     except DaemonUnreachable as exc:
         print(f"byoc-orch: {exc}", file=sys.stderr)
         return _docker_view(settings, out, as_json=as_json)
+    if as_json:
+        out.write(json.dumps(status_document(client.base, ready, entries), indent=2) + "\n")
+    else:
+        out.write(render_status(client.base, ready, entries))
+    return status_code(ready, entries)
+
+
+def fetch_status(client: DaemonClient) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """/readyz and every entry with its replicas' /workers records in `replica_status`."""
+    ready = client.call("GET", "/readyz").json()
+    entries = client.json("/entries")
+    workers = client.json("/workers")
     by_id = {w["worker_id"]: w for w in workers}
     for entry in entries:
         entry["replica_status"] = [by_id[i] for i in entry["replicas"] if i in by_id]
-        entry["health"] = _health(entry)
-    unhealthy = [e for e in entries if e["health"] in ("down", "degraded")]
-    if as_json:
-        document = {"daemon": {"url": client.base, **ready}, "entries": entries}
-        document["ok"] = not unhealthy and bool(ready.get("ready"))
-        out.write(json.dumps(document, indent=2) + "\n")
-    else:
-        _print_status(client.base, ready, entries, out)
-    if not ready.get("ready"):
-        return EXIT_DEGRADED
-    return EXIT_DEGRADED if unhealthy else EXIT_OK
+    return ready, entries
 
 
-def _health(entry: dict[str, Any]) -> str:
-    if not entry["wants_warm"]:
-        return "cold"
-    if not entry["warm"]:
-        return "down"
-    warm = sum(1 for w in entry["replica_status"] if w["state"] == "warm")
-    return "warm" if warm == entry["replicas_wanted"] else "degraded"
+def status_code(ready: dict[str, Any], entries: list[dict[str, Any]]) -> int:
+    """entry_health.py's rule: 3 only for a failure (or a daemon not ready)."""
+    healths = [Health(e["health"]) for e in entries]
+    return status_exit_code(healths, ready=bool(ready.get("ready")))
+
+
+def status_document(
+    base: str, ready: dict[str, Any], entries: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "daemon": {"url": base, **ready},
+        "entries": entries,
+        "ok": status_code(ready, entries) == EXIT_OK,
+    }
+
+
+def render_status(base: str, ready: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    _print_status(base, ready, entries, out)
+    return out.getvalue()
 
 
 def _print_status(
@@ -115,18 +131,17 @@ def _print_status(
         ("ENTRY / REPLICA", "STATE", "SINCE", "IN USE", "GPUS", "PORT", "RESTARTS", "REASON")
     ]
     for entry in entries:
+        health = Health(entry["health"])
         rows.append(
             (
                 entry["capability"],
-                entry["health"].upper()
-                if entry["health"] in ("down", "degraded")
-                else entry["health"],
+                health.upper() if health in PAGING else str(health),
                 "",
                 f"{entry['in_use']}/{entry['capacity']}",
                 "",
                 "",
                 "",
-                _rollout(entry),
+                _entry_reason(entry, health),
             )
         )
         for worker in entry["replica_status"]:
@@ -141,6 +156,21 @@ def _print_status(
                 print(f"\n{worker['worker_id']} last log lines ({crash['reason']}):", file=out)
                 for line in crash["lines"][-8:]:
                     print(f"    {line}", file=out)
+
+
+def _entry_reason(entry: dict[str, Any], health: Health) -> str:
+    rollout = _rollout(entry)
+    if rollout:
+        return rollout
+    wanted, warm = entry["replicas_wanted"], entry.get("replicas_warm", 0)
+    drained = entry.get("replicas_drained", 0)
+    if health is Health.DRAINED:
+        return f"drained by the operator (byoc-orch undrain {entry['entry_id']} takes it back)"
+    if health is Health.STARTING:
+        return f"{warm}/{wanted} replica{'s' if wanted != 1 else ''} warm, the rest coming up"
+    if drained and health is Health.WARM:
+        return f"{drained} of {wanted} replicas drained by the operator"
+    return ""
 
 
 def _print_runners(entries: list[dict[str, Any]], out: TextIO) -> None:
@@ -213,7 +243,11 @@ def _replica_row(worker: dict[str, Any]) -> tuple[str, ...]:
     gpus = worker.get("gpus")
     shown_gpus = ",".join(map(str, gpus)) if isinstance(gpus, list) else str(gpus or "-")
     reason = worker.get("reason") or ""
-    if not reason and state != "warm" and worker.get("last_failure"):
+    cause = worker.get("restart_cause")
+    if cause and worker["state"] != "warm":
+        # The failure it is coming back from, first: "worker reports LOADING" alone hides it.
+        reason = cause if reason in ("", cause) else f"{cause} — restarting ({reason})"
+    elif not reason and worker["state"] != "warm" and worker.get("last_failure"):
         reason = f"last failure: {worker['last_failure']}"
     return (
         f"  #{worker['replica']} {worker['worker_id']}",
@@ -223,7 +257,7 @@ def _replica_row(worker: dict[str, Any]) -> tuple[str, ...]:
         shown_gpus,
         str(worker.get("host_port") or "-"),
         restarts,
-        reason[:100],
+        reason[:240],
     )
 
 
@@ -433,7 +467,8 @@ def reload(settings: Settings, *, dry_run: bool, out: TextIO | None = None) -> i
         for problem in body.get("problems", []):
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID if reply.status_code == 422 else EXIT_UNAVAILABLE
-    changed = sum(len(body.get(k, [])) for k in ("added", "replaced", "updated", "removed"))
+    kinds = ("added", "replaced", "scaled", "updated", "removed")
+    changed = sum(len(body.get(k, [])) for k in kinds)
     if not changed:
         unchanged = len(body.get("unchanged", []))
         print(
@@ -442,22 +477,55 @@ def reload(settings: Settings, *, dry_run: bool, out: TextIO | None = None) -> i
             file=out,
         )
         return EXIT_OK
-    verb = "would change" if dry_run else "applied"
-    print(f"reload {verb}:", file=out)
-    for key in ("added", "replaced", "updated", "removed", "unchanged"):
-        names = body.get(key, [])
-        print(f"  {key:<10} {len(names):>3}  {', '.join(names)}".rstrip(), file=out)
+    print(f"reload {'would change' if dry_run else 'applied'}:", file=out)
+    changes: dict[str, list[dict[str, str]]] = body.get("changes") or {}
+    for key in kinds:
+        for entry_id in body.get(key, []):
+            fields = changes.get(entry_id, [])
+            label = {
+                "added": "added",
+                "removed": "removed (drains, then stops)",
+                "replaced": "replaced (new containers)",
+                "scaled": _scaling(fields),
+                "updated": "updated in place (no restart)",
+            }[key]
+            print(f"  {entry_id}: {label}", file=out)
+            for change in fields:
+                print(f"      {change['field']}: {change['old']} → {change['new']}", file=out)
+    unchanged = body.get("unchanged", [])
+    if unchanged:
+        print(f"  unchanged: {len(unchanged)} ({', '.join(unchanged)})", file=out)
     return EXIT_OK
+
+
+def _scaling(fields: list[dict[str, str]]) -> str:
+    """"scaled down 3 → 2" — the replicas both counts share are left as they are."""
+    for change in fields:
+        if change["field"].startswith("replicas"):
+            try:
+                old, new = int(change["old"]), int(change["new"])
+            except ValueError:
+                continue
+            way = "down" if new < old else "up"
+            then = "the extra replicas drain, then stop" if new < old else "new replicas start"
+            return f"scaled {way} {old} → {new} replicas ({then}; the others stay as they are)"
+    return "scaled (the replicas both counts share stay as they are)"
 
 
 def act(settings: Settings, action: str, name: str, out: TextIO | None = None) -> int:
     """restart, drain or undrain a worker (or every replica of an entry or model_id)."""
-    out = out or sys.stdout
     try:
-        reply = DaemonClient(settings).call("POST", f"/workers/{name}/{action}")
+        return act_reply(DaemonClient(settings), action, name, out or sys.stdout)[1]
     except DaemonUnreachable as exc:
         print(f"byoc-orch: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+def act_reply(
+    client: DaemonClient, action: str, name: str, out: TextIO
+) -> tuple[dict[str, Any] | None, int]:
+    """Ask for `action`; the daemon's answer (None when refused) and the exit code so far."""
+    reply = client.call("POST", f"/workers/{name}/{action}")
     body = _body(reply)
     if reply.status_code != 202:
         print(
@@ -465,11 +533,11 @@ def act(settings: Settings, action: str, name: str, out: TextIO | None = None) -
             + (f" — {body['fix']}" if body.get("fix") else ""),
             file=sys.stderr,
         )
-        return EXIT_INVALID
+        return None, EXIT_INVALID
     past = {"restart": "restarting", "drain": "drained", "undrain": "undrained"}[action]
     for worker_id in body["workers"]:
         print(f"{past} {worker_id}", file=out)
-    return EXIT_OK
+    return body, EXIT_OK
 
 
 def config_show(settings: Settings, out: TextIO | None = None) -> int:

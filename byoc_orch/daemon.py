@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from byoc_orch import __version__
 from byoc_orch.advertisers import build_advertisers
 from byoc_orch.advertisers.base import Advertiser
 from byoc_orch.advertisers.heartbeat import LiveRunnerHeartbeatAdvertiser
@@ -29,6 +30,7 @@ from byoc_orch.aimodels.devices import gpu_request_warnings, gpus_given
 from byoc_orch.aimodels.host import ModelsLoader
 from byoc_orch.auth import Guard
 from byoc_orch.autoscaler import Autoscaler, adoptable, slot_for
+from byoc_orch.build_info import commit
 from byoc_orch.capabilities import CapabilityRegistry, Change
 from byoc_orch.container_spec import ContainerSpec, build_container_spec
 from byoc_orch.dangling import DanglingSweeper
@@ -36,6 +38,7 @@ from byoc_orch.deployment import Deployment, Timeouts
 from byoc_orch.engine import Engine, EngineError
 from byoc_orch.engine_events import EngineEvents, EngineReachability
 from byoc_orch.engine_port import ContainerEngine, EventSource
+from byoc_orch.entry_diff import entry_changes
 from byoc_orch.forwarding import Unreachable, WorkerConnections
 from byoc_orch.gpu import GpuCollector, GpuInfo, GpuReader
 from byoc_orch.gpu_budget import GpuBudget
@@ -363,6 +366,7 @@ class Daemon:
             list_containers=self.engine.list_containers,
             on_lost=self.reachability.stream_lost,
             on_restored=self.reachability.stream_restored,
+            inspect=self.engine.inspect,
         )
         self._dispatcher = asyncio.create_task(router.run(), name="docker-events")
 
@@ -666,7 +670,13 @@ class Daemon:
             entry_id: Wanted(d.entry, dict(d.wanted_specs())).running
             for entry_id, d in self.deployments.items()
         }
-        return plan_reload(current, {k: w.running for k, w in wanted.items()})
+        the_plan = plan_reload(current, {k: w.running for k, w in wanted.items()})
+        changes = {}
+        for entry_id in (*the_plan.replace, *the_plan.scale, *the_plan.update):
+            deployment, new = self.deployments[entry_id], wanted[entry_id]
+            counts = (len(deployment.wanted_specs()), len(new.specs))
+            changes[entry_id] = entry_changes(deployment.entry, new.entry, replicas=counts)
+        return replace(the_plan, changes=changes)
 
     async def _apply(self, models: ModelsFile) -> ReloadPlan:
         wanted = self._wanted(models)
@@ -685,7 +695,7 @@ class Daemon:
             self.autoscaler.forget(entry_id)
         for entry_id in the_plan.update:
             self.deployments[entry_id].update(wanted[entry_id].entry)
-        for entry_id in the_plan.replace:
+        for entry_id in the_plan.reconfigured:
             deployment, new = self.deployments[entry_id], wanted[entry_id]
             self.metrics.entry_replicas.labels(new.entry.pipeline, new.entry.model_id).set(
                 len(new.specs)
@@ -834,6 +844,8 @@ class Daemon:
         for worker in self.workers.values():
             states[str(worker.status.state)] = states.get(str(worker.status.state), 0) + 1
         return {
+            "version": __version__,
+            "commit": commit(),
             "ready": self.ready and self.engine_up is not False,
             "engine": {None: "not used", True: "reachable", False: "unreachable"}[self.engine_up],
             "instance": self.settings.instance,

@@ -28,6 +28,7 @@ import structlog
 from byoc_orch.aimodels import ModelEntry
 from byoc_orch.capabilities import Capability, CapabilityRegistry, ReplicaShare
 from byoc_orch.container_spec import ContainerSpec
+from byoc_orch.entry_health import Replica, entry_health
 from byoc_orch.gpu import GpuInfo
 from byoc_orch.routing import ReplicaLoad
 from byoc_orch.sessions import EndReason
@@ -302,6 +303,8 @@ class Deployment:
             "kind": "managed" if self.entry.managed else "external",
             "wants_warm": self.entry.warm,
             "warm": capability is not None,
+            "health": str(self.health()),
+            "replicas_drained": sum(w.held for w in replicas),
             "replicas_wanted": len(self._specs),
             "replicas_warm": sum(w.status.state is State.WARM for w in replicas),
             "replicas_min": self.bounds[0],
@@ -317,6 +320,17 @@ class Deployment:
             "rollout": self.rollout.describe() if self.rollout else None,
             "replicas": [w.worker_id for w in replicas],
         }
+
+    def health(self) -> str:
+        """warm, cold, starting, drained, degraded or down (entry_health.py says which page)."""
+        return entry_health(
+            self.entry.warm,
+            [
+                Replica(w.status.state, w.routable, w.held, w.status.restart_cause)
+                for w in self.replicas()
+            ],
+            len(self._specs),
+        )
 
     # -- running --------------------------------------------------------------------------------
 

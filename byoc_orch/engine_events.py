@@ -1,10 +1,12 @@
 """Docker's container events, routed to the workers they concern, and what the stream says
 about Docker's reachability.
 
-A `die` goes to the worker that runs the container, at once (the reason says "out of memory"
-when an `oom` came first): a crash is noticed in milliseconds, not after failed probes. When the
-stream is lost, Docker is unreachable; when it is back, containers are listed again and every
-worker whose container stopped meanwhile is told it died (kubelet's relist, in miniature), then
+A `die` goes to the worker that runs the container, at once, its exit status in words
+(exit_status.py: 137 is SIGKILL, "out of memory" when an `oom` came first — Docker emits it as
+it sets OOMKilled, so no inspect is needed on this path): a crash is noticed in milliseconds,
+not after failed probes. When the stream is lost, Docker is unreachable; when it is back,
+containers are listed again and every worker whose container stopped meanwhile is told it died
+(kubelet's relist, in miniature), with the exit code and OOMKilled that inspect shows, then
 every worker hears that Docker answers again. The router is handed the stream and callables,
 not the daemon, so all of this is testable without Docker.
 """
@@ -18,6 +20,7 @@ from typing import Protocol
 import structlog
 
 from byoc_orch.engine import STREAM_LOST, STREAM_RESTORED, ContainerInfo, EngineError, EngineEvent
+from byoc_orch.exit_status import describe_exit
 from byoc_orch.metrics import Metrics
 from byoc_orch.worker_state import Died, EngineBack, Event, Status
 
@@ -70,12 +73,15 @@ class EngineEvents:
         list_containers: Callable[[], Awaitable[Sequence[ContainerInfo]]],
         on_lost: Callable[[], None],
         on_restored: Callable[[], None],
+        inspect: Callable[[str], Awaitable[ContainerInfo]] | None = None,
     ) -> None:
         """`workers`: every worker followed now; `list_containers`: this instance's
-        containers, for the relist after the stream comes back."""
+        containers, for the relist after the stream comes back; `inspect`: one container's
+        state, for the exit status of one that stopped while the stream was down."""
         self._events = events
         self._workers = workers
         self._list = list_containers
+        self._inspect = inspect
         self._on_lost = on_lost
         self._on_restored = on_restored
         self._oom_killed: set[str] = set()
@@ -107,10 +113,7 @@ class EngineEvents:
         worker = self.worker_for_container(container_id)
         if worker is None:
             return
-        reason = f"container exited with code {exit_code}"
-        if oom:
-            reason += " (killed: out of memory)"
-        worker.post(Died(container_id, reason))
+        worker.post(Died(container_id, describe_exit(exit_code, oom_killed=True if oom else None)))
 
     async def resync(self) -> None:
         """After the event stream was down: anything that died meanwhile is a crash."""
@@ -123,4 +126,17 @@ class EngineEvents:
             status = worker.status
             container_id = status.container_id
             if status.managed and container_id and container_id not in running:
-                worker.post(Died(container_id, "container stopped while Docker events were down"))
+                worker.post(Died(container_id, await self._stopped_unseen(container_id)))
+
+    async def _stopped_unseen(self, container_id: str) -> str:
+        reason = "container stopped while Docker events were down"
+        if self._inspect is None:
+            return reason
+        try:
+            info = await self._inspect(container_id)
+        except EngineError:
+            return reason  # already removed: nothing more is known
+        if info.exit_code is None:
+            return reason
+        exited = describe_exit(info.exit_code, oom_killed=info.oom_killed)
+        return f"{exited} (while Docker events were down)"

@@ -42,6 +42,10 @@ class ContainerEngine(Protocol):
         """Every container of this instance, running or not."""
         ...
 
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """One of this instance's containers as Docker inspects it (exit code, OOMKilled)."""
+        ...
+
     async def ensure_image(self, ref: ImageRef, policy: PullPolicy | str) -> PullResult:
         """Make `ref` available locally as the pull policy says."""
         ...

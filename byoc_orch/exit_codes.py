@@ -6,4 +6,6 @@ EXIT_INVALID = 1
 EXIT_UNAVAILABLE = 2
 """Something needed is out of reach: the Docker engine, the running daemon, the API port."""
 EXIT_DEGRADED = 3
-"""`status`: an entry that should be warm is not (or the daemon is not ready): for monitoring."""
+"""`status`: an entry failed (DOWN or DEGRADED; `starting`, `drained` and `cold` do not count) or
+the daemon is not ready: for monitoring. `--wait` (restart, drain, withdraw): the wait ran out
+before what it waited for happened."""

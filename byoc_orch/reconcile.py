@@ -8,9 +8,9 @@ wants are removed. More than one container for a worker keeps at most the adopte
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ContainerLike(Protocol):
@@ -66,26 +66,41 @@ class ReloadPlan:
     replace: tuple[str, ...] = ()  # the container (or kind of worker) must change
     update: tuple[str, ...] = ()  # only what byoc-orch advertises changed: no restart
     keep: tuple[str, ...] = ()
+    scale: tuple[str, ...] = ()
+    """Only the number of replicas changed: the replicas both counts share stay as they are,
+    the extra ones start (scale up) or drain and stop (scale down)."""
+    changes: Mapping[str, Sequence[Mapping[str, str]]] = field(default_factory=dict)
+    """Per changed entry, each field that changes (entry_diff.py), when the caller knows."""
 
     @property
     def changed(self) -> bool:
-        return bool(self.add or self.remove or self.replace or self.update)
+        return bool(self.add or self.remove or self.replace or self.update or self.scale)
+
+    @property
+    def reconfigured(self) -> tuple[str, ...]:
+        """Entries whose containers (or their number) change."""
+        return self.replace + self.scale
 
     def summary(self) -> dict[str, list[str]]:
         return {
             "added": list(self.add),
             "removed": list(self.remove),
             "replaced": list(self.replace),
+            "scaled": list(self.scale),
             "updated": list(self.update),
             "unchanged": list(self.keep),
         }
+
+    def report(self) -> dict[str, Any]:
+        """summary() with the field changes and each scaled entry's replica counts."""
+        return {**self.summary(), "changes": {k: list(v) for k, v in self.changes.items()}}
 
 
 def plan_reload(current: Mapping[str, Running], wanted: Mapping[str, Running]) -> ReloadPlan:
     """Apply only the difference: untouched entries keep their containers and sessions, and
     a change that leaves the container as it is (price, capacity, health path, token) is
     applied in place rather than by a restart."""
-    add, remove, replace, update, keep = [], [], [], [], []
+    add, remove, replace, update, keep, scale = [], [], [], [], [], []
     for worker_id, new in wanted.items():
         old = current.get(worker_id)
         if old is None:
@@ -94,7 +109,22 @@ def plan_reload(current: Mapping[str, Running], wanted: Mapping[str, Running]) -
             keep.append(worker_id)
         elif old.spec_hash == new.spec_hash and old.warm == new.warm:
             update.append(worker_id)
+        elif _only_scaled(old, new):
+            scale.append(worker_id)
         else:
             replace.append(worker_id)
     remove = [worker_id for worker_id in current if worker_id not in wanted]
-    return ReloadPlan(tuple(add), tuple(remove), tuple(replace), tuple(update), tuple(keep))
+    return ReloadPlan(
+        tuple(add), tuple(remove), tuple(replace), tuple(update), tuple(keep), tuple(scale)
+    )
+
+
+def _only_scaled(old: Running, new: Running) -> bool:
+    """The replica count changed and every replica both have keeps its container."""
+    if old.warm != new.warm or not (
+        isinstance(old.spec_hash, tuple) and isinstance(new.spec_hash, tuple)
+    ):
+        return False
+    before, after = dict(old.spec_hash), dict(new.spec_hash)
+    shared = before.keys() & after.keys()
+    return len(before) != len(after) and bool(shared) and all(before[i] == after[i] for i in shared)

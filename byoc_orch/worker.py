@@ -511,6 +511,7 @@ class Worker:
             "since": _iso(status.since),
             "reason": status.reason or None,
             "last_failure": status.last_failure or None,
+            "restart_cause": status.restart_cause or None,
             "last_failure_log": self.last_failure_log.describe() if self.last_failure_log else None,
             "advertised": status.advertised,
             "url": self.proxy_url,

@@ -75,6 +75,11 @@ class Status:
     waiting_for_engine: bool = False
     """The last attempt failed only because Docker could not be reached: retried as soon as
     it answers again, and not counted as a crash."""
+    restart_cause: str = ""
+    """The failure that set off the restart in progress, kept through the pull and start that
+    follow (whose own reasons, e.g. "worker reports LOADING", replace `reason`) until the worker
+    is warm again: what an operator needs to see while it comes back, and what tells a restart
+    after a failure from a planned start."""
 
     @property
     def advertised(self) -> bool:
@@ -343,7 +348,14 @@ def _healthy(status: Status, now: float, policy: Policy) -> Status:
         streak = 0 if warm_for >= policy.backoff_reset_after else status.crash_streak
         return replace(status, failures=0, crash_streak=streak)
     return _move(
-        status, State.WARM, now, reason="", failures=0, warm_since=now, unhealthy_since=None
+        status,
+        State.WARM,
+        now,
+        reason="",
+        restart_cause="",
+        failures=0,
+        warm_since=now,
+        unhealthy_since=None,
     )
 
 
@@ -392,6 +404,7 @@ def _failure(
         now,
         reason=reason,
         last_failure=reason,
+        restart_cause=reason,
         container_id=None,
         crash_streak=streak,
         next_attempt_at=now + delay,

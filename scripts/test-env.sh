@@ -46,6 +46,9 @@ install_packages() {
   # systemd-analyze verify and systemd-sysusers --root check deploy/'s unit and sysusers file;
   # both work without systemd running as PID 1.
   command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null || missing+=(systemd)
+  # `byoc-orch completion zsh|fish` is checked by running the shells themselves.
+  command -v zsh >/dev/null || missing+=(zsh)
+  command -v fish >/dev/null || missing+=(fish)
   [ ${#missing[@]} -eq 0 ] && return
   [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}: run as root or install them with apt-get"
   log "installing ${missing[*]}"

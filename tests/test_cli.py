@@ -43,11 +43,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    monkeypatch.setenv("BYOC_ORCH_PORT", str(port))
     assert main(["version"]) == EXIT_OK
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == f"byoc-orch {__version__}"
+    assert out.splitlines()[0].startswith(f"client: byoc-orch {__version__} (commit ")
     assert "docker-py" in out
+    assert out.splitlines()[-1].startswith(f"daemon: not reachable at http://127.0.0.1:{port}")
 
 
 def test_version_through_python_dash_m(tmp_path: Path) -> None:
@@ -62,7 +67,7 @@ def test_version_through_python_dash_m(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == f"byoc-orch {__version__}"
+    assert result.stdout.splitlines()[0].startswith(f"client: byoc-orch {__version__} (commit ")
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,10 +98,11 @@ def test_validate_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert captured.err == ""
 
 
-def test_validate_uses_models_flag_when_no_path_is_given(
-    capsys: pytest.CaptureFixture[str],
+def test_validate_uses_the_models_setting_when_no_path_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["validate", "--models", str(EXAMPLE)]) == EXIT_OK
+    monkeypatch.setenv("BYOC_ORCH_MODELS_PATH", str(EXAMPLE))
+    assert main(["validate"]) == EXIT_OK
     assert "entry 0 live-video-to-video/comfyui" in capsys.readouterr().out
 
 
@@ -137,8 +143,11 @@ def test_validate_reports_every_problem(tmp_path: Path, capsys: pytest.CaptureFi
     assert errors[1].startswith("error: entry 1 (b): capacity:")
 
 
-def test_port_flag_reserves_the_api_port(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--port", "8001", str(EXAMPLE)]) == EXIT_INVALID
+def test_port_setting_reserves_the_api_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_PORT", "8001")
+    assert main(["validate", str(EXAMPLE)]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert "entry 0 (comfyui): url: port 8001 is taken by byoc-orch's own HTTP API" in err
     assert "BYOC_ORCH_PORT" in err
@@ -150,11 +159,12 @@ def test_port_flag_beats_port_variable(
     monkeypatch.setenv("BYOC_ORCH_PORT", "8002")
     assert main(["validate", str(EXAMPLE)]) == EXIT_INVALID
     assert "port 8002 is taken" in capsys.readouterr().err
-    assert main(["validate", "--port", "9100", str(EXAMPLE)]) == EXIT_OK
+    assert main(["config", "show", "--port", "9100"]) == EXIT_OK
+    assert "BYOC_ORCH_PORT=9100" in capsys.readouterr().out
 
 
 def test_bad_setting_flag_exits_invalid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--instance", "Not Valid", str(EXAMPLE)]) == EXIT_INVALID
+    assert main(["config", "show", "--instance", "Not Valid"]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert err.startswith("byoc-orch: BYOC_ORCH_INSTANCE:")
     assert "--instance" in err
@@ -206,8 +216,11 @@ def test_run_takes_the_engine_from_docker_host(
     assert NO_ENGINE in capsys.readouterr().err
 
 
-def test_status_with_unreachable_engine(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "--docker-host", NO_ENGINE]) == EXIT_UNAVAILABLE
+def test_status_with_unreachable_engine(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BYOC_ORCH_DOCKER_HOST", NO_ENGINE)
+    assert main(["status"]) == EXIT_UNAVAILABLE
     err = capsys.readouterr().err
     assert NO_ENGINE in err
     assert "Traceback" not in err
@@ -259,7 +272,8 @@ def test_export_live_runners_warns_about_the_fallback_url_and_the_token(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "tok-Vb7")
-    assert main(["export", "live-runners", "--models", str(EXAMPLE), "--port", "9999"]) == EXIT_OK
+    monkeypatch.setenv("BYOC_ORCH_PORT", "9999")
+    assert main(["export", "live-runners", "--models", str(EXAMPLE)]) == EXIT_OK
     captured = capsys.readouterr()
     assert '"runner_url": "http://127.0.0.1:9999/proxy/' in captured.out
     assert "warning: BYOC_ORCH_PUBLIC_URL is not set" in captured.err
@@ -285,9 +299,10 @@ def test_export_aimodels_from_the_running_daemon(
 
     monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "tok-Vb7")
     with fake_daemon(warm_listing()) as port:
-        assert main(["export", "aimodels", "--port", str(port)]) == EXIT_OK
+        monkeypatch.setenv("BYOC_ORCH_PORT", str(port))
+        assert main(["export", "aimodels"]) == EXIT_OK
         plain = capsys.readouterr()
-        assert main(["export", "aimodels", "--port", str(port), "--include-token"]) == EXIT_OK
+        assert main(["export", "aimodels", "--include-token"]) == EXIT_OK
         with_token = capsys.readouterr()
     models = parse_models(plain.out, source="stdout")
     assert [m.model_id for m in models.entries] == ["comfyui", "streamdiffusion"]
@@ -297,11 +312,14 @@ def test_export_aimodels_from_the_running_daemon(
     assert [e["token"] for e in json.loads(with_token.out)] == ["tok-Vb7", "tok-Vb7"]
 
 
-def test_export_aimodels_without_a_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_aimodels_without_a_daemon(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import free_port
 
     port = free_port()
-    assert main(["export", "aimodels", "--port", str(port)]) == EXIT_UNAVAILABLE
+    monkeypatch.setenv("BYOC_ORCH_PORT", str(port))
+    assert main(["export", "aimodels"]) == EXIT_UNAVAILABLE
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"cannot reach the byoc-orch daemon at http://127.0.0.1:{port}/capabilities" in (

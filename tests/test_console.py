@@ -44,9 +44,13 @@ def entries_for(harness: Harness) -> list[dict[str, Any]]:
     ]
 
 
-def cli_env(daemon_base: str, instance: str, harness: Harness) -> list[str]:
-    port = daemon_base.rsplit(":", 1)[1]
-    return ["--port", port, "--instance", instance, "--docker-host", harness.docker_host]
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, daemon_base: str, instance: str, harness: Harness
+) -> None:
+    """Point the in-process commands at this daemon, as its env file would."""
+    monkeypatch.setenv("BYOC_ORCH_PORT", daemon_base.rsplit(":", 1)[1])
+    monkeypatch.setenv("BYOC_ORCH_INSTANCE", instance)
+    monkeypatch.setenv("BYOC_ORCH_DOCKER_HOST", harness.docker_host)
 
 
 async def cli(argv: list[str]) -> int:
@@ -73,7 +77,11 @@ async def settled(base: str) -> bool:
 
 
 async def test_status_logs_and_severities_tell_the_truth(
-    harness: Harness, instance: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    harness: Harness,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     async with byoc_orch(
         harness,
@@ -84,7 +92,8 @@ async def test_status_logs_and_severities_tell_the_truth(
         JOURNAL_STREAM="8:12345",
     ) as daemon:
         await eventually(lambda: settled(daemon.base), within=60, what="all four settled")
-        flags = cli_env(daemon.base, instance, harness)
+        cli_env(monkeypatch, daemon.base, instance, harness)
+        flags: list[str] = []
         capsys.readouterr()
 
         assert await cli(["status", *flags]) == EXIT_DEGRADED
@@ -141,24 +150,33 @@ async def test_status_logs_and_severities_tell_the_truth(
 
 
 async def test_status_without_a_daemon_falls_back_to_docker(
-    harness: Harness, instance: str, capsys: pytest.CaptureFixture[str]
+    harness: Harness,
+    instance: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    flags = ["--port", str(free_port()), "--instance", instance]
-    assert await cli(["status", *flags, "--docker-host", harness.docker_host]) == EXIT_UNAVAILABLE
+    cli_env(monkeypatch, f"http://127.0.0.1:{free_port()}", instance, harness)
+    assert await cli(["status"]) == EXIT_UNAVAILABLE
     captured = capsys.readouterr()
     assert "not reachable" in captured.err
     assert f"instance '{instance}'" in captured.out
 
 
 async def test_reload_drain_and_config_from_the_command_line(
-    harness: Harness, instance: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    harness: Harness,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     warm = worker_entry(harness, "con-drain", gpus="none", capacity=2)
     async with byoc_orch(
         harness, instance, tmp_path, [warm], BYOC_ORCH_API_TOKEN="console-token"
     ) as daemon:
         url = (await daemon.entry("con-drain"))["url"]
-        flags = [*cli_env(daemon.base, instance, harness), "--api-token", "console-token"]
+        cli_env(monkeypatch, daemon.base, instance, harness)
+        monkeypatch.setenv("BYOC_ORCH_API_TOKEN", "console-token")  # never a flag
+        flags: list[str] = []
         models = tmp_path / "aiModels.json"
         headers = {"Authorization": "Bearer console-token"}
         capsys.readouterr()
@@ -167,7 +185,8 @@ async def test_reload_drain_and_config_from_the_command_line(
         models.write_text(json.dumps([{**warm, "capacity": 3}]))
         assert await cli(["reload", "--dry-run", *flags]) == EXIT_OK
         planned = capsys.readouterr().out
-        assert "would change" in planned and "updated" in planned
+        assert "would change" in planned and "updated in place" in planned
+        assert "capacity: 2 → 3" in planned
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{daemon.base}/capabilities")).json()[0]["capacity"] == 2
         # A broken file is refused with its problems, exit 1; nothing changes.

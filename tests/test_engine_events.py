@@ -14,6 +14,7 @@ import structlog
 from byoc_orch.aimodels import parse_models
 from byoc_orch.daemon import Daemon
 from byoc_orch.engine_events import EngineEvents, EngineReachability
+from byoc_orch.exit_status import describe_exit
 from byoc_orch.metrics import Metrics
 from byoc_orch.settings import Settings
 from byoc_orch.worker_state import Died, EngineBack, Event, State, Status
@@ -49,6 +50,7 @@ class Routed:
             list_containers=self.engine.list_containers,
             on_lost=self.reach.stream_lost,
             on_restored=self.reach.stream_restored,
+            inspect=self.engine.inspect,
         )
         self.reach.reached()
 
@@ -81,14 +83,36 @@ async def test_an_oom_kill_says_out_of_memory_once(routed: Routed) -> None:
     worker, container = routed.follow("w1")
     routed.engine.crash(container, oom=True)
     await eventually(lambda: worker.posted, within=2)
-    assert worker.posted == [
-        Died(container, "container exited with code 137 (killed: out of memory)")
-    ]
+    assert worker.posted == [Died(container, describe_exit(137, oom_killed=True))]
+    assert "SIGKILL" in worker.posted[0].reason and "out of memory" in worker.posted[0].reason
     # The same container dying again later (restarted by hand) is no longer an OOM.
     routed.engine.containers[container].state = "running"
     routed.engine.crash(container, exit_code=2)
     await eventually(lambda: len(worker.posted) == 2, within=2)
     assert worker.posted[1] == Died(container, "container exited with code 2")
+
+
+async def test_a_sigkill_is_named_and_a_death_unseen_takes_its_status_from_inspect(
+    routed: Routed,
+) -> None:
+    killed, container = routed.follow("w1")
+    routed.engine.crash(container, exit_code=137)
+    await eventually(lambda: killed.posted, within=2)
+    (died,) = killed.posted
+    assert isinstance(died, Died)
+    assert died.reason.startswith("container exited with code 137: killed by SIGKILL — likely")
+    # Died while the stream was down: inspect tells the exit code and that Docker's memory
+    # limit killed it.
+    unseen, gone = routed.follow("w2")
+    routed.engine.cut()
+    await eventually(lambda: routed.reach.up is False, within=2)
+    routed.engine.reachable = True
+    routed.engine.crash(gone, oom=True)
+    routed.engine.restore(replay=False)
+    await eventually(lambda: unseen.posted, within=2)
+    assert unseen.posted[0] == Died(
+        gone, describe_exit(137, oom_killed=True) + " (while Docker events were down)"
+    )
 
 
 async def test_a_die_of_a_container_no_worker_follows_is_ignored(routed: Routed) -> None:

@@ -107,3 +107,25 @@ def test_reload_plan_applies_only_the_difference() -> None:
     assert result.remove == ("gone",)
     assert result.changed
     assert not plan_reload(current, current).changed
+
+
+def test_a_changed_replica_count_alone_is_scaling_not_replacing() -> None:
+    from byoc_orch.reconcile import Running, plan_reload
+
+    three = ((0, "a"), (1, "b"), (2, "c"))
+    current = {
+        "down": Running({"replicas": 3}, three, True),
+        "up": Running({"replicas": 2}, three[:2], True),
+        "both": Running({"replicas": 3}, three, True),
+    }
+    wanted = {
+        "down": Running({"replicas": 2}, three[:2], True),
+        "up": Running({"replicas": 3}, three, True),
+        # Fewer replicas *and* a new image: every container changes, a replacement.
+        "both": Running({"replicas": 2, "image": 2}, ((0, "x"), (1, "y")), True),
+    }
+    result = plan_reload(current, wanted)
+    assert result.scale == ("down", "up")
+    assert result.replace == ("both",)
+    assert result.reconfigured == ("both", "down", "up")
+    assert result.summary()["scaled"] == ["down", "up"]

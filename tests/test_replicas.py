@@ -367,13 +367,21 @@ async def test_lowering_replicas_drains_the_extra_ones(harness: Harness, instanc
     settings = settings_for(harness, instance)
     async with running(settings, [entry]) as daemon, api(daemon) as client:
         workers = await all_warm(daemon, "shrunk", 3)
+        kept = [w.status.container_id for w in workers[:2]]
         base = f"/proxy/{workers[0].entry_id}/stream"
         for session in ("d-0", "d-1", "d-2"):
             assert (await client.post(f"{base}/start", json=start_body(session))).status_code == 200
         last = workers[2]
         draining_session = daemon.sessions.live(last.worker_id)[0].id
-        await daemon.reload(models_for([{**entry, "replicas": 2}], settings))
+        shrunk = models_for([{**entry, "replicas": 2}], settings)
+        planned = await daemon.reload(shrunk, dry_run=True)
+        # Called what it is: the two replicas both counts share are left alone.
+        assert planned.scale == (last.entry_id,) and not planned.replace
+        assert {"field": "replicas", "old": "3", "new": "2"} in planned.changes[last.entry_id]
+        applied = await daemon.reload(shrunk)
+        assert applied.scale == (last.entry_id,)
         await eventually(lambda: last.draining, what="the extra replica drains")
+        assert all(w.status.container_id == c for w, c in zip(workers[:2], kept, strict=True))
         # Draining: still running its session, taking none, out of the advertised capacity.
         assert daemon.sessions.get(draining_session).state == "active"  # type: ignore[union-attr]
         listed = capability_of((await client.get("/capabilities")).json(), "shrunk")

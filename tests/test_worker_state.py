@@ -706,3 +706,21 @@ def test_startup_timeout_counts_from_time_zero() -> None:
     status = Status(State.STARTING, since=0.0, container_id="c1", started_at=0.0)
     status, _ = decide(status, Probed(LOADING), POLICY.startup_timeout + 1.0, POLICY)
     assert status.state is not State.STARTING
+
+
+def test_the_failure_behind_a_restart_is_kept_until_warm_again() -> None:
+    cause = "container exited with code 137: killed by SIGKILL"
+    crashed, _ = decide(warm_worker(), Died("c1", cause), 10.0, POLICY)
+    assert crashed.restart_cause == cause
+    loading, _ = drive(
+        crashed, [(10.5, Pulled()), (10.6, Started("c2")), (10.7, Probed(LOADING, "c2"))]
+    )
+    assert loading.state is State.STARTING
+    assert loading.reason == "worker reports LOADING"
+    assert loading.restart_cause == cause
+    back, _ = decide(loading, Probed(WARM, "c2"), 11.0, POLICY)
+    assert back.state is State.WARM and back.restart_cause == ""
+    # A planned start carries no cause.
+    assert warm_worker().restart_cause == ""
+    planned, _ = decide(back, Launch(), 12.0, POLICY)
+    assert planned.restart_cause == ""
