@@ -4,6 +4,7 @@ URLs and the probes before FastAPI; this is the rest."""
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +15,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from byoc_orch import __version__
-from byoc_orch.advertisers.live_runner import WorkerStatus, live_runner_router
+from byoc_orch.advertisers.live_runner import live_runner_router
 from byoc_orch.daemon import Daemon, ReloadRejected
 from byoc_orch.engine import EngineError
-from byoc_orch.front import FrontDoor
+from byoc_orch.front import FrontDoor, worker_status
 from byoc_orch.openapi_proxy import proxy_paths
 from byoc_orch.worker import Worker
 
@@ -116,18 +117,9 @@ def fastapi_app(daemon: Daemon) -> FastAPI:
         """Each advertiser's view of go-livepeer: what it registered, its last call and error."""
         return [advertiser.describe() for advertiser in daemon.advertisers]
 
-    def worker_status(worker_id: str) -> WorkerStatus | None:
-        found = daemon.workers.get(worker_id)
-        if found is None:
-            return None
-        return WorkerStatus(
-            found.status.state,
-            found.status.reason or None,
-            found.draining or found.held,
-            found.sessions,
-        )
-
-    app.include_router(live_runner_router(worker_status, lambda: daemon.reconciled))
+    app.include_router(
+        live_runner_router(functools.partial(worker_status, daemon), lambda: daemon.reconciled)
+    )
 
     @app.post("/reload")
     async def reload(request: Request, dry_run: bool = False) -> Response:

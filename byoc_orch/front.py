@@ -90,19 +90,22 @@ class FrontDoor:
         if match is None:
             return None
         worker_id = match.group(1)
-        found = daemon.workers.get(worker_id)
-        status = (
-            None
-            if found is None
-            else WorkerStatus(
-                found.status.state,
-                found.status.reason or None,
-                found.draining or found.held,
-                found.sessions,
-            )
-        )
+        status = worker_status(daemon, worker_id)
         code, body, headers = readiness(status, worker_id, reconciled=daemon.reconciled)
         return JSONResponse(body, status_code=code, headers=headers)
+
+
+def worker_status(daemon: Daemon, worker_id: str) -> WorkerStatus | None:
+    """What a replica's readiness URL answers from (None: no such worker)."""
+    found = daemon.workers.get(worker_id)
+    if found is None:
+        return None
+    return WorkerStatus(
+        found.status.state,
+        found.status.reason or None,
+        found.draining or found.held,
+        found.sessions,
+    )
 
 
 def create_front(daemon: Daemon) -> FrontDoor:
