@@ -156,13 +156,21 @@ async def test_restarts_under_socket_activation_fail_no_call_and_withdraw_nothin
         registers = len(orch.calls_to("/capability/register"))
         async with Load(base, w0, w1) as load:
             await asyncio.sleep(0.5)
+            failed_at: dict[str, list[str]] = {}
             for how in (signal.SIGTERM, signal.SIGKILL):
+                before = len(load.failures)
                 took = await stopped(process, how)
                 assert took < 2.0, f"{how.name} → exit took {took:.2f} s"
                 process = holder.spawn(env, log=log)
                 await eventually(lambda: ready(base), within=30, what="ready again")
                 await asyncio.sleep(1.0)
-        assert load.failures == [], load.failures[:5]
+                failed_at[how.name] = load.failures[before:]
+        # systemctl restart sends SIGTERM: nothing fails. A SIGKILL (the watchdog, the OOM
+        # killer) takes down the one call the client had in flight with the process — a
+        # broken connection, never an answer other than 200; every call after it is served.
+        assert failed_at["SIGTERM"] == [], failed_at["SIGTERM"][:5]
+        killed = failed_at["SIGKILL"]
+        assert len(killed) <= 1 and all(f.endswith("Error") for f in killed), killed
         assert load.done > 60
         # Nothing at the orchestrator noticed: no unregister, no new registration, the same
         # runners heartbeated on.
