@@ -287,23 +287,25 @@ class SessionProxy:
             )
             return status.response()
         if op == "stop":
-            upstream = await self._calls.send(
-                worker,
-                "POST",
-                f"{routes.prefix}/stream/stop",
-                headers=headers,
-                query=query,
-                body=body.raw,
-            )
-            if isinstance(upstream, Unreachable):
-                return upstream.response()
-            if session_id is not None and upstream.status < 500:
-                # 2xx: stopped. 4xx: the container has no such stream, so it is not running either.
-                self._lifecycle.end(
-                    session_id,
-                    EndReason.STOPPED,
-                    None if upstream.is_success else f"container answered {upstream.status}",
+            with self._lifecycle.stopping(session_id):
+                upstream = await self._calls.send(
+                    worker,
+                    "POST",
+                    f"{routes.prefix}/stream/stop",
+                    headers=headers,
+                    query=query,
+                    body=body.raw,
                 )
+                if isinstance(upstream, Unreachable):
+                    return upstream.response()
+                if session_id is not None and upstream.status < 500:
+                    # 2xx: stopped. 4xx: the container has no such stream, so it is not running
+                    # either.
+                    self._lifecycle.end(
+                        session_id,
+                        EndReason.STOPPED,
+                        None if upstream.is_success else f"container answered {upstream.status}",
+                    )
             return upstream.response()
         upstream = await self._routes.send_params(
             worker, routes, headers=headers, query=query, body=body.raw

@@ -17,10 +17,11 @@ handed over to be known by (`Opening.registry`); the session keeps it for those 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,9 @@ class SessionLifecycle:
         self.identities: Identities = lambda _session, _worker: None
         """Set by whoever remembers registry identities across a restart."""
         self._recovering: set[str] = set()
+        self._stopping: set[str] = set()
+        """Sessions whose stop call is with their worker now: the worker's IDLE in between is
+        that stop, not the worker ending the stream on its own."""
         self._recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
 
     # -- opening --------------------------------------------------------------------------------
@@ -282,7 +286,21 @@ class SessionLifecycle:
     def worker_idle(self, worker: Worker) -> None:
         """The worker says IDLE: sessions still counted there ended on its side."""
         for session in idle_ended(self.table.live(worker.worker_id), self._clock(), IDLE_GRACE):
-            self.end(session.id, EndReason.ENDED_BY_WORKER, "the worker reports IDLE")
+            if session.id not in self._stopping:
+                self.end(session.id, EndReason.ENDED_BY_WORKER, "the worker reports IDLE")
+
+    @contextlib.contextmanager
+    def stopping(self, session_id: str | None) -> Iterator[None]:
+        """While a client's stop call is with the worker (its answer then ends the session as
+        `stopped`; a failed call leaves it to the worker's next IDLE)."""
+        if session_id is None:
+            yield
+            return
+        self._stopping.add(session_id)
+        try:
+            yield
+        finally:
+            self._stopping.discard(session_id)
 
     def _ended(self, session: Session, accepted: bool) -> None:
         """The table's one end listener."""

@@ -307,6 +307,32 @@ async def test_idle_ends_only_sessions_older_than_the_grace() -> None:
     assert idle_ended(live, f.clock.now, 0.1) == []
 
 
+
+async def test_an_idle_report_while_its_stop_is_with_the_worker_is_that_stop() -> None:
+    """Found on the real engine: the worker went IDLE on the client's stop and a probe said so
+    before the stop's answer came back, so the session ended as ended_by_worker (and, from a
+    Live Runner, was released a second time)."""
+    (worker,) = workers = [replica(0, capacity=2, reported="IDLE")]
+    f = Fixture(workers)
+    f.start("stopping")
+    f.start("other")
+    f.clock.now += session_lifecycle.IDLE_GRACE
+    with f.lifecycle.stopping("stopping"):
+        f.lifecycle.worker_idle(worker)
+        assert [e.session.id for e in f.ended] == ["other"]
+        f.lifecycle.end("stopping", EndReason.STOPPED)
+    assert [(e.session.id, e.reason) for e in f.ended] == [
+        ("other", EndReason.ENDED_BY_WORKER),
+        ("stopping", EndReason.STOPPED),
+    ]
+    f.start("failed-stop")
+    f.clock.now += session_lifecycle.IDLE_GRACE
+    with f.lifecycle.stopping("failed-stop"):
+        pass  # the stop call failed: the worker's next IDLE ends it
+    f.lifecycle.worker_idle(worker)
+    assert f.ended[-1].session.id == "failed-stop"
+    assert f.ended[-1].reason is EndReason.ENDED_BY_WORKER
+
 # -- reading pytrickle's status answers -----------------------------------------------------------
 
 URLS = {"subscribe_url": "http://t/in", "publish_url": "http://t/out"}
